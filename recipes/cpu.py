@@ -1,0 +1,154 @@
+"""Run the NeMo 2 / megatron-core gpt-oss path on a machine without CUDA.
+
+Applied only when CUDA is absent (`enable()` returns at once on a GPU machine and changes nothing there).
+Two kinds of measures, each with the upstream place it addresses (nemo_toolkit 2.7.3, megatron-core 0.15.3):
+
+- `CONFIG`: model-config values that avoid CUDA-only code paths; the recipes apply them to the model config.
+- `enable()`: small runtime patches for code that assumes a CUDA device even when nothing needs one.
+
+Examples:
+    python -c "import recipes.cpu as c; c.enable(); print(c.CONFIG)"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+# Model-config values for CPU; each avoids a CUDA-only path.
+CONFIG = {
+    # Weights are created on the host (megatron-core initialises on the current CUDA device otherwise).
+    "use_cpu_initialization": True,
+    # Grouped GEMM needs Transformer Engine / grouped_gemm kernels; sequential experts are plain torch.
+    "moe_grouped_gemm": False,
+    # The alltoall dispatcher creates a torch.cuda.Stream (moe/token_dispatcher.py:445).
+    "moe_token_dispatcher_type": "allgather",
+    # Fused kernels are CUDA/TE only.
+    "moe_permute_fusion": False,
+    "bias_activation_fusion": False,
+    "bias_dropout_fusion": False,
+    "masked_softmax_fusion": False,
+    "apply_rope_fusion": False,
+    "gradient_accumulation_fusion": False,
+    "cross_entropy_loss_fusion": False,
+    "persist_layer_norm": False,
+    # The bf16 optimizer wrapper checks torch.cuda.BFloat16Tensor (optimizer/optimizer.py:667): train in fp32.
+    "bf16": False,
+    "fp16": False,
+    "params_dtype": torch.float32,
+    "pipeline_dtype": torch.float32,
+    "autocast_dtype": torch.float32,
+}
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def config_overrides() -> dict:
+    """`CONFIG` plus the local attention backend when CUDA is absent, else nothing.
+
+    Pass these as constructor arguments of the model config: megatron-core validates them in
+    ``__post_init__`` and NeMo records only constructor arguments in a checkpoint's io context.
+    """
+    if cuda_available():
+        return {}
+    from megatron.core.transformer.enums import AttnBackend
+
+    # Without Transformer Engine the local (unfused) attention is the only backend.
+    return {**CONFIG, "attention_backend": AttnBackend.local}
+
+
+_ENABLED = False
+
+
+def enable() -> None:
+    """Patch the CUDA-only code paths that the CPU run reaches; a no-op with CUDA or when already done."""
+    global _ENABLED
+    if _ENABLED or cuda_available():
+        return
+    _ENABLED = True
+    _patch_megatron()
+    _patch_nemo()
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+def _patch_megatron() -> None:
+    import multiprocessing
+
+    import megatron.core.dist_checkpointing.strategies.filesystem_async as fs_async
+    import megatron.core.tensor_parallel.random as mrandom
+
+    # Each checkpoint save starts a spawn-mode multiprocessing Manager (filesystem_async.py:54), which
+    # re-imports the entry script and the whole NeMo stack: ~15 s per save on two cores. The manager only
+    # serves a results queue to forked writers; a fork-mode manager serves it as well, at no import cost.
+    def results_queue():
+        if fs_async._results_queue is None:
+            fs_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+        return fs_async._results_queue
+
+    fs_async._get_write_results_queue = results_queue
+
+    # The unfused softmax builds its causal and sliding-window masks with device="cuda" literals
+    # (transformer/utils.py:35,41); the same masks on the host. True means masked, as upstream.
+    import megatron.core.fusions.fused_softmax as fused_softmax
+    import megatron.core.transformer.utils as tutils
+
+    @functools.lru_cache(maxsize=32)
+    def causal_mask(sq):
+        return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+
+    @functools.lru_cache(maxsize=32)
+    def sliding_window_causal_mask(sq, skv, window_size):
+        m = torch.ones(sq, skv, dtype=torch.bool)
+        keep = torch.tril(torch.triu(m, diagonal=skv - sq - window_size[0]), diagonal=skv - sq + window_size[1])
+        return ~keep
+
+    for module in (tutils, fused_softmax):
+        module.get_default_causal_mask = causal_mask
+        module.get_sliding_window_causal_mask = sliding_window_causal_mask
+
+    # Without Transformer Engine, moe_utils.py:958 reads te_general_gemm, a name it only binds when TE imports
+    # (NameError). Binding it to None selects the torch.addmm path written for that case.
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+    # CudaRNGStatesTracker.fork swaps CUDA RNG states (tensor_parallel/random.py:209); on CPU there are none,
+    # and megatron_init only seeds the tracker when a GPU exists. Forking becomes a plain context.
+    tracker_cls = mrandom.CudaRNGStatesTracker
+
+    @contextlib.contextmanager
+    def fork(self, name=mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+        yield
+
+    tracker_cls.fork = fork
+    tracker_cls.add = lambda self, name, seed: self.states_.__setitem__(name, seed)
+    mrandom.model_parallel_cuda_manual_seed = lambda *a, **k: torch.manual_seed(a[0] if a else 0)
+
+
+def _patch_nemo() -> None:
+    import nemo.lightning.io.pl as nemo_pl
+
+    # After a load, NeMo moves tensors onto the current CUDA device and asserts CUDA is initialised
+    # (nemo/lightning/io/pl.py:494); host tensors need no move.
+    nemo_pl._fix_tensors_device = lambda ckpt: ckpt
+    # megatron-core uses torch.cuda.current_device() as a device in many places (yarn_rotary_pos_embedding.py:119,
+    # moe_utils.py, optimizer.py); without CUDA the host is that device.
+    torch.cuda.current_device = lambda: "cpu"
+    # DDP is initialised on a side stream (nemo/lightning/megatron_parallel.py:617); the host has one stream.
+    torch.cuda.Stream = lambda *args, **kwargs: None
+    torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
+    torch.cuda.current_stream = lambda *args, **kwargs: None
+    # torch.cuda.synchronize / memory queries in callbacks and timers have no meaning without a device.
+    torch.cuda.synchronize = _noop
+    torch.cuda.empty_cache = _noop
+    torch.cuda.reset_peak_memory_stats = _noop
+    torch.cuda.max_memory_allocated = functools.partial(int, 0)
+    torch.cuda.memory_allocated = functools.partial(int, 0)
