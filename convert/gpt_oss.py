@@ -175,7 +175,8 @@ def hf_config_from_nemo(cfg, generation_config=None):
         experts_per_token=cfg.moe_router_topk,
         sliding_window=(cfg.window_size[0] + 1) if cfg.window_size else None,
         layer_types=["sliding_attention" if w else "full_attention" for w in windowed],
-        max_position_embeddings=cfg.seq_length,
+        # NeMo's seq_length is the training length a recipe sets; the model's context is what YaRN extends to.
+        max_position_embeddings=int(cfg.yarn_original_max_position_embeddings * cfg.yarn_rotary_scaling_factor),
         initial_context_length=cfg.yarn_original_max_position_embeddings,
         rope_theta=cfg.rotary_base,
         rope_scaling=rope_scaling,

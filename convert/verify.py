@@ -80,6 +80,25 @@ def forward(model, input_ids: torch.Tensor) -> torch.Tensor:
     return logits[..., :vocab].float()
 
 
+def probe_callback(input_ids: torch.Tensor):
+    """A Lightning callback that keeps the trained model's logits on ``input_ids`` when training ends.
+
+    NeMo tears the parallel state down after ``fit``, so the logits of the model exactly as trained (LoRA
+    adapters unmerged) are taken inside ``on_train_end``; read them from ``callback.logits``.
+    """
+    from lightning.pytorch import Callback
+
+    class ProbeLogits(Callback):
+        logits: torch.Tensor | None = None
+
+        def on_train_end(self, trainer, pl_module):
+            was_training = pl_module.training
+            self.logits = forward(pl_module, input_ids)
+            pl_module.train(was_training)
+
+    return ProbeLogits()
+
+
 def compare(test: torch.Tensor, reference: torch.Tensor) -> Comparison:
     if test.shape != reference.shape:
         raise ValueError(f"logit shapes differ: {tuple(test.shape)} vs {tuple(reference.shape)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import types
 
 import torch
 
@@ -78,8 +79,54 @@ def _noop(*args, **kwargs):
     return None
 
 
+class _HostTorch(types.ModuleType):
+    """``torch`` as seen by a module whose code says ``device="cuda"``: tensor factories get the host instead.
+
+    Installed as the module-global ``torch`` of the megatron-core modules listed in `_CUDA_LITERAL_MODULES`;
+    every other attribute is the real torch.
+    """
+
+    _FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like")
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        attr = getattr(torch, name)
+        if name not in self._FACTORIES:
+            return attr
+
+        @functools.wraps(attr)
+        def factory(*args, **kwargs):
+            device = kwargs.get("device")
+            if device is not None and str(device).startswith("cuda"):
+                kwargs["device"] = "cpu"
+            kwargs.pop("pin_memory", None)  # pinned memory exists only for an accelerator
+            return attr(*args, **kwargs)
+
+        return factory
+
+
+# megatron-core modules with device="cuda" literals on the training path.
+_CUDA_LITERAL_MODULES = (
+    "megatron.core.optimizer.optimizer",  # :469, :477, :481, :903 (loss scale, found-inf flags)
+    "megatron.core.optimizer.clip_grads",  # grad-norm buffers
+    "megatron.core.pipeline_parallel.schedules",  # :573 (total token count)
+    "megatron.core.transformer.moe.moe_utils",  # :998 (aux-loss tracker)
+    "megatron.core.utils",  # :1029 (global memory buffer)
+    "megatron.core.distributed.finalize_model_grads",  # token-count reduction
+    "nemo.lightning.pytorch.plugins.data_sampler",  # :192, :212 (pinned batch-size tensors)
+    "nemo.lightning.pytorch.strategies.megatron_strategy",  # :801-888 (pinned loss reductions)
+)
+
+
 def _patch_megatron() -> None:
+    import importlib
     import multiprocessing
+
+    host_torch = _HostTorch()
+    for name in _CUDA_LITERAL_MODULES:
+        importlib.import_module(name).torch = host_torch
 
     import megatron.core.dist_checkpointing.strategies.filesystem_async as fs_async
     import megatron.core.tensor_parallel.random as mrandom
@@ -120,6 +167,19 @@ def _patch_megatron() -> None:
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
 
+    # Sequential experts add their bias in place onto RowParallelLinear's output (transformer/mlp.py:231);
+    # that output comes straight out of an autograd Function (_ReduceFromModelParallelRegion returns its input
+    # as a view), which torch forbids modifying in place under grad. TE's grouped experts never take this
+    # path. A copy of the reduced output makes the in-place add legal and leaves the values unchanged.
+    import megatron.core.tensor_parallel.layers as tp_layers
+
+    reduce = tp_layers.reduce_from_tensor_model_parallel_region
+
+    def reduce_then_copy(input_, group=None):
+        return reduce(input_, group=group).clone()
+
+    tp_layers.reduce_from_tensor_model_parallel_region = reduce_then_copy
+
     # CudaRNGStatesTracker.fork swaps CUDA RNG states (tensor_parallel/random.py:209); on CPU there are none,
     # and megatron_init only seeds the tracker when a GPU exists. Forking becomes a plain context.
     tracker_cls = mrandom.CudaRNGStatesTracker
@@ -133,8 +193,24 @@ def _patch_megatron() -> None:
     mrandom.model_parallel_cuda_manual_seed = lambda *a, **k: torch.manual_seed(a[0] if a else 0)
 
 
+class _NoTELinear:
+    """Stands for transformer_engine.pytorch.Linear where TE is absent: no module is an instance of it."""
+
+
 def _patch_nemo() -> None:
+    import importlib.util
+
+    import nemo.collections.llm.peft.lora as lora
+    import nemo.collections.llm.peft.utils as peft_utils
     import nemo.lightning.io.pl as nemo_pl
+
+    if importlib.util.find_spec("transformer_engine") is None:
+        # LoRA.transform compares every module with te.Linear (peft/lora.py:703), and te is a placeholder that
+        # raises on any attribute when TE is absent.
+        lora.te = types.SimpleNamespace(Linear=_NoTELinear)
+        # peft/utils.py:54 concludes TE is present because megatron-core's TE extension module imports with
+        # MagicMock stand-ins; the adapters must take the plain megatron-core linear path.
+        peft_utils.HAVE_TE = False
 
     # After a load, NeMo moves tensors onto the current CUDA device and asserts CUDA is initialised
     # (nemo/lightning/io/pl.py:494); host tensors need no move.
@@ -142,6 +218,21 @@ def _patch_nemo() -> None:
     # megatron-core uses torch.cuda.current_device() as a device in many places (yarn_rotary_pos_embedding.py:119,
     # moe_utils.py, optimizer.py); without CUDA the host is that device.
     torch.cuda.current_device = lambda: "cpu"
+    # Batches are moved with .cuda(non_blocking=True) (nemo/collections/llm/gpt/model/base.py:103); on a
+    # machine without CUDA they already are where they must be.
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    # ... and with .to("cuda", non_blocking=True) (nemo/lightning/pytorch/plugins/data_sampler.py:212).
+    to = torch.Tensor.to
+
+    @functools.wraps(to)
+    def to_host(self, *args, **kwargs):
+        if args and isinstance(args[0], (str, torch.device)) and str(args[0]).startswith("cuda"):
+            args = ("cpu", *args[1:])
+        if str(kwargs.get("device", "")).startswith("cuda"):
+            kwargs["device"] = "cpu"
+        return to(self, *args, **kwargs)
+
+    torch.Tensor.to = to_host
     # DDP is initialised on a side stream (nemo/lightning/megatron_parallel.py:617); the host has one stream.
     torch.cuda.Stream = lambda *args, **kwargs: None
     torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
