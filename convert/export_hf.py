@@ -61,9 +61,13 @@ class GptOssHFExporter(HFGPTOSSExporter):
         config.torch_dtype = dtype
         with no_init_weights():
             hf_model = GptOssForCausalLM(config).to(dtype)
-        missing, unexpected = hf_model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+        missing, unexpected = hf_model.load_state_dict(
+            {k: v.to(dtype) for k, v in state.items()}, strict=False
+        )
         if missing or unexpected:
-            raise RuntimeError(f"export mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise RuntimeError(
+                f"export mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         gen = getattr(self.nemo_config, "generation_config", None)
         if gen is not None:
             hf_model.generation_config = gen
@@ -74,7 +78,9 @@ class GptOssHFExporter(HFGPTOSSExporter):
         return output_path
 
 
-def export_hf(nemo_path: str | Path, out: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False):
+def export_hf(
+    nemo_path: str | Path, out: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False
+):
     """Export ``nemo_path`` to an HF folder ``out``; nothing at ``out`` until the export is complete.
 
     Examples:
@@ -99,7 +105,9 @@ def export_hf(nemo_path: str | Path, out: str | Path, dtype: torch.dtype | None 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Export a NeMo gpt-oss checkpoint to Hugging Face safetensors.")
+    parser = argparse.ArgumentParser(
+        description="Export a NeMo gpt-oss checkpoint to Hugging Face safetensors."
+    )
     parser.add_argument("--nemo", required=True, help="NeMo checkpoint folder (with context/ and weights/)")
     parser.add_argument("--out", required=True, help="Hugging Face folder to write")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the model's")

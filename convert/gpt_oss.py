@@ -116,6 +116,20 @@ def nemo_config_kwargs(hf: dict) -> dict:
     return kwargs
 
 
+def load_generation_config(path: str | Path):
+    """The checkpoint's ``GenerationConfig`` (token ids of bos/eos/pad), or None when it has none.
+
+    Pass it to the NeMo config's constructor: only constructor arguments reach a checkpoint's io context,
+    and the exporter writes the token ids back from it.
+    """
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(path))
+    except OSError:
+        return None
+
+
 def nemo_config_from_hf(path_or_config, **overrides):
     """NeMo ``GPTOSSConfig`` for an HF gpt-oss checkpoint or config; ``overrides`` win.
 
@@ -176,7 +190,9 @@ def hf_config_from_nemo(cfg, generation_config=None):
         sliding_window=(cfg.window_size[0] + 1) if cfg.window_size else None,
         layer_types=["sliding_attention" if w else "full_attention" for w in windowed],
         # NeMo's seq_length is the training length a recipe sets; the model's context is what YaRN extends to.
-        max_position_embeddings=int(cfg.yarn_original_max_position_embeddings * cfg.yarn_rotary_scaling_factor),
+        max_position_embeddings=int(
+            cfg.yarn_original_max_position_embeddings * cfg.yarn_rotary_scaling_factor
+        ),
         initial_context_length=cfg.yarn_original_max_position_embeddings,
         rope_theta=cfg.rotary_base,
         rope_scaling=rope_scaling,
@@ -227,7 +243,9 @@ def iter_hf_tensors(path: str | Path, dtype: torch.dtype | None = None) -> Itera
                     scale_key = key[: -len("_blocks")] + "_scales"
                     if scale_key not in keys:
                         raise ConversionError(f"{file.name}: {key} has no {scale_key} beside it")
-                    dense = dequantize_mxfp4(f.get_tensor(key), f.get_tensor(scale_key), dtype or torch.bfloat16)
+                    dense = dequantize_mxfp4(
+                        f.get_tensor(key), f.get_tensor(scale_key), dtype or torch.bfloat16
+                    )
                     yield key[: -len("_blocks")], dense.transpose(-1, -2).contiguous()
                 else:
                     t = f.get_tensor(key)
@@ -281,7 +299,11 @@ class McoreNames:
         self.grouped = any(".mlp.experts.linear_fc1.weight" in k for k in keys)
 
     def input_norm(self, p):
-        return f"{p}.self_attention.linear_qkv.layer_norm_weight" if self.fused_norm else f"{p}.input_layernorm.weight"
+        return (
+            f"{p}.self_attention.linear_qkv.layer_norm_weight"
+            if self.fused_norm
+            else f"{p}.input_layernorm.weight"
+        )
 
     def mlp_norm(self, p):
         return f"{p}.pre_mlp_layernorm.weight"

@@ -20,7 +20,14 @@ import torch
 from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSModel, HFGPTOSSImporter
 from nemo.lightning import io, teardown
 
-from convert.gpt_oss import ConversionError, McoreNames, hf_to_mcore, iter_hf_tensors, nemo_config_from_hf
+from convert.gpt_oss import (
+    ConversionError,
+    McoreNames,
+    hf_to_mcore,
+    iter_hf_tensors,
+    load_generation_config,
+    nemo_config_from_hf,
+)
 from recipes import cpu
 
 
@@ -36,14 +43,11 @@ class GptOssHFImporter(HFGPTOSSImporter):
 
     @cached_property
     def config(self):
-        cfg = nemo_config_from_hf(str(self), **{**cpu.config_overrides(), **self.config_overrides})
-        from transformers import GenerationConfig
-
-        try:
-            cfg.generation_config = GenerationConfig.from_pretrained(str(self))
-        except OSError:
-            cfg.generation_config = None
-        return cfg
+        return nemo_config_from_hf(
+            str(self),
+            generation_config=load_generation_config(str(self)),
+            **{**cpu.config_overrides(), **self.config_overrides},
+        )
 
     @cached_property
     def tokenizer(self):
@@ -66,7 +70,9 @@ class GptOssHFImporter(HFGPTOSSImporter):
         try:
             converted = hf_to_mcore(source, self.config, names)
         except KeyError as e:
-            raise ConversionError(f"{self}: tensor {e} is missing; is this a complete gpt-oss checkpoint?") from e
+            raise ConversionError(
+                f"{self}: tensor {e} is missing; is this a complete gpt-oss checkpoint?"
+            ) from e
         _load_exact(module, converted, expected)
         del source, converted
         self.nemo_save(output_path, trainer)

@@ -49,10 +49,10 @@ def _merge(lora_ckpt: Path, out: Path) -> None:
     import torch
     from megatron.core import dist_checkpointing
     from nemo import lightning as nl
-    from nemo.lightning import io
     from nemo.collections.llm.peft.api import _setup_trainer_and_restore_model_and_adapter
     from nemo.collections.llm.peft.lora import LoRA, LoRAMerge
     from nemo.collections.llm.recipes.precision.mixed_precision import bf16_mixed
+    from nemo.lightning import io
     from nemo.lightning.ckpt_utils import ckpt_to_context_subdir
     from nemo.lightning.io.pl import TrainerContext, ckpt_to_weights_subdir
 
@@ -75,7 +75,9 @@ def _merge(lora_ckpt: Path, out: Path) -> None:
     weights = {k: v for k, v in merged.sharded_state_dict().items() if ".adapter." not in k}
     weights_dir = ckpt_to_weights_subdir(out, is_saving=True)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(weights, str(weights_dir), content_metadata=trainer.strategy.sharded_state_dict_metadata)
+    dist_checkpointing.save(
+        weights, str(weights_dir), content_metadata=trainer.strategy.sharded_state_dict_metadata
+    )
     TrainerContext.from_trainer(trainer).io_dump(ckpt_to_context_subdir(out), yaml_attrs=["model"])
 
 

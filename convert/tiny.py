@@ -202,7 +202,9 @@ def build(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the tiny gpt-oss Hugging Face checkpoint.")
     parser.add_argument("--out", default="work/models/gpt-oss-tiny-hf", help="output folder")
-    parser.add_argument("--tokenizer", default=None, help="use this tokenizer folder instead of the built-in BPE")
+    parser.add_argument(
+        "--tokenizer", default=None, help="use this tokenizer folder instead of the built-in BPE"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     path = build(args.out, tokenizer_dir=args.tokenizer, dtype=getattr(torch, args.dtype))

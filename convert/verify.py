@@ -40,7 +40,9 @@ def probe_ids(tokenizer_dir: str | Path, max_len: int = 96) -> torch.Tensor:
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     seqs = [
-        tok.apply_chat_template(p, tokenize=True, strftime_now=lambda fmt: "2025-06-01", reasoning_effort="low")
+        tok.apply_chat_template(
+            p, tokenize=True, strftime_now=lambda fmt: "2025-06-01", reasoning_effort="low"
+        )
         for p in PROBES
     ]
     n = min(max_len, *(len(s) for s in seqs))
@@ -51,7 +53,9 @@ def probe_ids(tokenizer_dir: str | Path, max_len: int = 96) -> torch.Tensor:
 def hf_logits(hf_dir: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
     from transformers import GptOssForCausalLM
 
-    model = GptOssForCausalLM.from_pretrained(str(hf_dir), torch_dtype=torch.float32, attn_implementation="eager")
+    model = GptOssForCausalLM.from_pretrained(
+        str(hf_dir), torch_dtype=torch.float32, attn_implementation="eager"
+    )
     model.eval()
     return model(input_ids=input_ids).logits.float()
 

@@ -102,7 +102,9 @@ def show(example: ChatExample, tokenizer, **kwargs) -> str:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    parser = argparse.ArgumentParser(description="Print one rendered example with its trained span marked [[...]].")
+    parser = argparse.ArgumentParser(
+        description="Print one rendered example with its trained span marked [[...]]."
+    )
     parser.add_argument("--data", required=True, help="chat JSONL")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (a model folder works)")
     parser.add_argument("--index", type=int, default=0)

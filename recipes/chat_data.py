@@ -109,7 +109,9 @@ class HarmonyChatDataModule(FineTuningDataModule):
         Other arguments: as ``FineTuningDataModule``.
     """
 
-    def __init__(self, dataset_root, *args, date: str = DEFAULT_DATE, reasoning_effort: str = DEFAULT_EFFORT, **kw):
+    def __init__(
+        self, dataset_root, *args, date: str = DEFAULT_DATE, reasoning_effort: str = DEFAULT_EFFORT, **kw
+    ):
         super().__init__(dataset_root, *args, **kw)
         self.date = date
         self.reasoning_effort = reasoning_effort

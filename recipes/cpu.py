@@ -86,7 +86,17 @@ class _HostTorch(types.ModuleType):
     every other attribute is the real torch.
     """
 
-    _FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like")
+    _FACTORIES = (
+        "tensor",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "arange",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+    )
 
     def __init__(self):
         super().__init__("torch")
@@ -153,7 +163,9 @@ def _patch_megatron() -> None:
     @functools.lru_cache(maxsize=32)
     def sliding_window_causal_mask(sq, skv, window_size):
         m = torch.ones(sq, skv, dtype=torch.bool)
-        keep = torch.tril(torch.triu(m, diagonal=skv - sq - window_size[0]), diagonal=skv - sq + window_size[1])
+        keep = torch.tril(
+            torch.triu(m, diagonal=skv - sq - window_size[0]), diagonal=skv - sq + window_size[1]
+        )
         return ~keep
 
     for module in (tutils, fused_softmax):

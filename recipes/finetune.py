@@ -93,11 +93,12 @@ def model_config(cfg: DictConfig):
     import nemo_run as run
     from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig, GPTOSSModel
 
-    from convert.gpt_oss import load_hf_config, nemo_config_kwargs
+    from convert.gpt_oss import load_generation_config, load_hf_config, nemo_config_kwargs
     from recipes import cpu
 
     kwargs = {**nemo_config_kwargs(load_hf_config(cfg.model.hf_path)), **cpu.config_overrides()}
     kwargs["seq_length"] = cfg.data.seq_length
+    kwargs["generation_config"] = load_generation_config(cfg.model.hf_path)
     return run.Config(GPTOSSModel, config=run.Config(GPTOSSConfig, **kwargs))
 
 
@@ -288,7 +289,9 @@ def run_finetune(cfg: DictConfig) -> dict:
     stages = Stages(6 if cfg.export.enabled else 4)
     prepare(cfg, stages)
 
-    stages.start(f"llm.finetune ({'LoRA' if cfg.peft.name == 'lora' else 'full SFT'}, {cfg.trainer.max_steps} steps)")
+    stages.start(
+        f"llm.finetune ({'LoRA' if cfg.peft.name == 'lora' else 'full SFT'}, {cfg.trainer.max_steps} steps)"
+    )
     fn = fdl.build(build(cfg))
     record = TrainingRecord()
     fn.keywords["trainer"].callbacks.append(record)

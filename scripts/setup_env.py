@@ -66,7 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     if nemo_present():
         todo = missing(requirement_lines())
-        print(f"NeMo is importable by {sys.executable}: installing only what is missing ({len(todo)} package(s)).")
+        print(
+            f"NeMo is importable by {sys.executable}: installing only what is missing ({len(todo)} package(s))."
+        )
         if todo:
             pip(sys.executable, "install", *todo)
         pip(sys.executable, "install", "--no-deps", "--no-build-isolation", "-e", ".")
