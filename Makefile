@@ -2,8 +2,12 @@
 # Python: the project's .venv when `make setup` made one, else the python3 on PATH (an NGC NeMo container).
 PY = $$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)
 ARGS ?=
+WORK = $${GPT_OSS_WORK:-work}
+SOURCE ?= hr_ibm_attrition
+INPUT ?= ../shared/data/hr/ibm_hr_attrition.csv
+ROWS ?= 1000000
 
-.PHONY: help setup test test-all lint finetune clean
+.PHONY: help setup test lint finetune predict data data-real baselines bench-data bench-finetune clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +23,30 @@ lint:  ## ruff lint and format check
 
 finetune:  ## tiny gpt-oss end to end: build, import, LoRA fine-tune, merge, export (ARGS="peft=none ...")
 	$(PY) -m recipes.finetune $(ARGS)
+
+predict:  ## two-stage predictions of the latest exported run on the built-in test split, then evaluate them
+	@run=$$(ls -td $(WORK)/runs/*/*/hf 2>/dev/null | head -1); \
+	test -n "$$run" || { echo "no exported model under $(WORK)/runs: run make finetune first"; exit 1; }; \
+	dir=$$(dirname $$run); \
+	$(PY) -m recipes.predict model_dir=$$run input=$(WORK)/data/builtin/test.jsonl out=$$dir/predictions.jsonl $(ARGS) && \
+	$(PY) -m recipes.evaluate predictions=$$dir/predictions.jsonl references=$(WORK)/data/builtin/test.jsonl out_dir=$$dir/eval
+
+data:  ## chat JSONL from one source (SOURCE=hr_generic INPUT=path ARGS="answer_format=json")
+	$(PY) -m data_prep data_prep=$(SOURCE) input=$(INPUT) $(ARGS)
+
+data-real:  ## the shipped real sources in ../shared/data -> work/data/<source>/
+	$(PY) -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv $(ARGS)
+	$(PY) -m data_prep data_prep=hr_hrdataset_v14 input=../shared/data/hr/HRDataset_v14.csv $(ARGS)
+	$(PY) -m data_prep data_prep=tickets input=../shared/data/tickets $(ARGS)
+
+baselines:  ## classical baselines on prepared data, scored by the evaluator (DATA=work/data/<name>)
+	$(PY) -m recipes.baselines data_dir=$(DATA) out_dir=$(WORK)/baselines/$$(basename $(DATA)) $(ARGS)
+
+bench-data:  ## data-prep throughput and peak RSS (ROWS=200000 for a quick check)
+	$(PY) bench/bench_data_prep.py --rows $(ROWS)
+
+bench-finetune:  ## wall time of make finetune, cold and warm
+	$(PY) bench/bench_finetune.py
 
 clean:  ## remove everything runs wrote under work/
 	rm -rf work

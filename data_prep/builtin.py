@@ -49,6 +49,15 @@ def make_example(rng: random.Random, index: int, split: str) -> ChatExample:
         "Predict: attrition risk"
     )
     answer = f"Attrition risk: {'High' if high else 'Low'}"
+    meta = {"department": profile["department"], "region": profile["region"], "source": "builtin"}
+    if split == "test":
+        # The individual's history, for the personalised (stage 2) prediction of recipes/predict.py.
+        meta["history"] = {
+            "tenure_years": round(rng.uniform(0.5, 12.0), 1),
+            "project_completion_rate": f"{rng.randint(40, 100)}%",
+            "engagement_score": max(1, min(5, profile["engagement"] + rng.choice((-1, 0, 0, 1)))),
+            "manager_feedback": rng.choice(("strong", "solid", "mixed", "concerned")),
+        }
     return ChatExample(
         id=f"builtin-{split}-{index:04d}",
         task="builtin",
@@ -58,7 +67,7 @@ def make_example(rng: random.Random, index: int, split: str) -> ChatExample:
             {"role": "assistant", "content": answer},
         ],
         label={"attrition": high},
-        meta={"department": profile["department"], "region": profile["region"], "source": "builtin"},
+        meta=meta,
     )
 
 

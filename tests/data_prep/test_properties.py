@@ -1,0 +1,151 @@
+"""Property tests: malformed rows never crash a run and every row is written or rejected at its line."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import io
+from datetime import date
+
+from dp_helpers import compose_cfg, read_rejects, read_split_files
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from data_prep.prepare import run
+from data_prep.table import InputError, read_table
+
+HEADER = [
+    "employee_id",
+    "name",
+    "hire_date",
+    "promotion_date",
+    "title",
+    "department",
+    "region",
+    "performance_rating",
+    "actual_tenure",
+    "attrition",
+]
+MAX_FIELD = 300
+CORRUPTIONS = [
+    "none",
+    "missing_column",
+    "extra_column",
+    "bad_date",
+    "empty_title",
+    "invalid_utf8",
+    "huge_field",
+]
+
+free_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\r\x00"), max_size=30
+)
+row = st.fixed_dictionaries(
+    {
+        "name": free_text,
+        "hire_date": st.dates(date(1970, 1, 1), date(2030, 12, 31)).map(lambda d: d.strftime("%Y-%m-%d")),
+        "title": st.sampled_from(["Engineer", "Analyst", "Engineer, Senior", 'The "Boss"']),
+        "department": st.sampled_from(["Eng", "Sales"]),
+        "performance_rating": st.sampled_from(["", "Meets", "Exceeds"]),
+        "actual_tenure": st.floats(0, 40).map(lambda x: f"{x:.2f}"),
+        "attrition": st.sampled_from(["yes", "No", "TRUE", "0"]),
+        "corruption": st.sampled_from(CORRUPTIONS),
+    }
+)
+
+
+@functools.cache
+def _base_cfg():
+    return compose_cfg(
+        "data_prep=hr_generic",
+        "input=unset",
+        "pii.salt=s",
+        "progress=false",
+        f"max_field_chars={MAX_FIELD}",
+        "data_prep.min_cohort=1",
+    )
+
+
+def _encode(rows, crlf: bool, bom: bool) -> tuple[bytes, list[int]]:
+    """The CSV bytes and the line each row starts on."""
+    end = "\r\n" if crlf else "\n"
+    out, starts, line = [(",".join(HEADER) + end).encode()], [], 2
+    for i, r in enumerate(rows):
+        values = {
+            **r,
+            "employee_id": f"E{i}",
+            "promotion_date": "",
+            "region": "EMEA",
+        }
+        c = r["corruption"]
+        if c == "bad_date":
+            values["hire_date"] = "2015-13-45"
+        elif c == "empty_title":
+            values["title"] = ""
+        elif c == "huge_field":
+            values["title"] = "x" * (MAX_FIELD + 1)
+        fields = [str(values[h]) for h in HEADER]
+        if c == "missing_column":
+            fields = fields[:-1]
+        elif c == "extra_column":
+            fields = [*fields, "surplus"]
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator=end).writerow(fields)
+        text = buf.getvalue()
+        data = text.encode()
+        if c == "invalid_utf8":
+            data = data.replace(b"E", b"E\xff\xfe", 1)
+        out.append(data)
+        starts.append(line)
+        line += text.count("\n")
+    return (b"\xef\xbb\xbf" if bom else b"") + b"".join(out), starts
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(row, min_size=1, max_size=25),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    fmt=st.sampled_from(["prose", "json"]),
+)
+def test_malformed_hr_rows_are_all_accounted_for(tmp_path_factory, rows, crlf, bom, fmt):
+    tmp = tmp_path_factory.mktemp("prop")
+    data, starts = _encode(rows, crlf, bom)
+    (tmp / "hr.csv").write_bytes(data)
+    cfg = copy.deepcopy(_base_cfg())
+    cfg.input, cfg.out_dir, cfg.answer_format = str(tmp / "hr.csv"), str(tmp / "out"), fmt
+    manifest = run(cfg, log_fn=lambda _: None)
+    written = {e.meta["source_line"] for s in read_split_files(tmp / "out").values() for e in s}
+    rejected = {r["line"]: r["reason"] for r in read_rejects(tmp / "out")}
+    assert manifest["counts"]["records"] == len(rows)
+    assert len(written) + len(rejected) == len(rows)
+    assert written.isdisjoint(rejected)
+    assert written | set(rejected) == set(starts)
+    for r, line in zip(rows, starts, strict=True):
+        if r["corruption"] != "none":
+            assert line in rejected, (r["corruption"], line)
+        elif line in rejected:
+            assert rejected[line].startswith("exact duplicate"), rejected[line]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=400), bom=st.booleans())
+def test_arbitrary_bytes_never_crash_the_reader(tmp_path_factory, body, bom):
+    p = tmp_path_factory.mktemp("bytes") / "x.csv"
+    p.write_bytes((b"\xef\xbb\xbf" if bom else b"") + b"a,b,c\n" + body)
+    try:
+        t = read_table(p, max_field_chars=50)
+    except InputError:
+        return
+    assert len(t.frame) == len(t.line)
+    lines = list(t.line) + [r.line for r in t.rejects]
+    assert len(set(lines)) == len(lines)
+    assert all(2 <= x <= body.count(b"\n") + body.count(b"\r") + 2 for x in lines)
+    assert all(isinstance(v, str) and len(v) <= 50 for col in t.frame for v in t.frame[col])
+
+
+def test_cfg_is_plain_omegaconf():
+    cfg = compose_cfg("data_prep=hr_generic", "input=x.csv")
+    assert OmegaConf.select(cfg, "data_prep.columns.hire_date") == "hire_date"

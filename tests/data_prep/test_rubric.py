@@ -1,0 +1,76 @@
+"""Rubric records: prompts carry the rubric, answers the score; bad records rejected by line."""
+
+from __future__ import annotations
+
+import json
+
+from dp_helpers import prepare, read_rejects, read_split_files
+
+from data_prep.answers import parse_answer
+
+
+def _record(i, **kw):
+    rec = {
+        "id": f"sub-{i}",
+        "student": f"student{i % 7}@school.example",
+        "prompt": "Explain LoRA.",
+        "rubric_alignment": [
+            {"question": "What is the rank?", "answer": f"answer {i}", "score": i % 3},
+            {"question": "Why freeze the base?", "answer": "memory", "score": 1},
+        ],
+        "score": i % 11,
+        "max_score": 10,
+        "feedback": "" if i % 2 else f"Good point {i}.",
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_jsonl_rubric(tmp_path):
+    lines = [json.dumps(_record(i)) for i in range(60)]
+    lines[3] = "{not json"
+    lines[4] = json.dumps(_record(4, score=12))
+    lines[5] = json.dumps(_record(5, score="n/a"))
+    lines[6] = json.dumps(_record(6, rubric_alignment=[], submission=""))
+    lines[7] = "[1, 2]"
+    p = tmp_path / "r.jsonl"
+    p.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    manifest, out = prepare(tmp_path, "data_prep=rubric", f"input={p}")
+    got = {r["line"]: r["reason"] for r in read_rejects(out)}
+    assert set(got) == {4, 5, 6, 7, 8}
+    assert got[4].startswith("not valid JSON")
+    assert got[5] == "score 12 is outside [0, max_score=10]"
+    assert got[6] == "score 'n/a' is not a number"
+    assert got[7].startswith("nothing to score")
+    assert got[8] == "record is a list, not an object"
+    splits = read_split_files(out)
+    examples = [e for s in splits.values() for e in s]
+    assert len(examples) == 55 == manifest["counts"]["written"]
+    for e in examples:
+        got = parse_answer("rubric", e.answer["content"])
+        assert (got["score"], got["max_score"]) == (e.label["score"], e.label["max_score"])
+        assert (
+            "What is the rank?" in e.messages[1]["content"]
+            and "Maximum score: 10" in e.messages[1]["content"]
+        )
+        assert "school.example" not in e.to_json() and "sub-" not in e.id
+    odd = next(e for e in examples if e.meta["source_line"] == 2)
+    assert "Per-question scores: Q1: 1, Q2: 1." in odd.answer["content"]
+    # A student's submissions stay in one split.
+    student_of = {i + 1: f"student{i % 7}" for i in range(60)}
+    where = {}
+    for s, exs in splits.items():
+        for e in exs:
+            where.setdefault(student_of[e.meta["source_line"]], set()).add(s)
+    assert all(len(v) == 1 for v in where.values())
+
+
+def test_json_list_numbers_records(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps([_record(1), "x", _record(2, max_score=0)]), encoding="utf-8")
+    manifest, out = prepare(tmp_path, "data_prep=rubric", f"input={p}", "answer_format=json")
+    assert {r["line"]: r["reason"] for r in read_rejects(out)} == {
+        2: "record is a str, not an object",
+        3: "max_score is 0; expected a positive number",
+    }
+    assert manifest["counts"]["written"] == 1
