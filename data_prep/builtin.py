@@ -51,12 +51,14 @@ def make_example(rng: random.Random, index: int, split: str) -> ChatExample:
     answer = f"Attrition risk: {'High' if high else 'Low'}"
     meta = {"department": profile["department"], "region": profile["region"], "source": "builtin"}
     if split == "test":
-        # The individual's history, for the personalised (stage 2) prediction of recipes/predict.py.
+        # The individual's history, for the personalised (stage 2) prediction of recipes/predict.py; drawn
+        # from its own generator so the profiles stay those of the seed.
+        h = random.Random(f"history-{split}-{index}")
         meta["history"] = {
-            "tenure_years": round(rng.uniform(0.5, 12.0), 1),
-            "project_completion_rate": f"{rng.randint(40, 100)}%",
-            "engagement_score": max(1, min(5, profile["engagement"] + rng.choice((-1, 0, 0, 1)))),
-            "manager_feedback": rng.choice(("strong", "solid", "mixed", "concerned")),
+            "tenure_years": round(h.uniform(0.5, 12.0), 1),
+            "project_completion_rate": f"{h.randint(40, 100)}%",
+            "engagement_score": max(1, min(5, profile["engagement"] + h.choice((-1, 0, 0, 1)))),
+            "manager_feedback": h.choice(("strong", "solid", "mixed", "concerned")),
         }
     return ChatExample(
         id=f"builtin-{split}-{index:04d}",
