@@ -99,17 +99,62 @@ def show(example: ChatExample, tokenizer, **kwargs) -> str:
     return f"{prompt}[[{trained}]]"
 
 
+def length_report(path, tokenizer, seq_length: int, **kwargs) -> dict:
+    """Token-length statistics of a chat JSONL and the examples ``seq_length`` would truncate.
+
+    A training sequence is the rendered conversation minus one token (inputs are shifted against labels), so
+    an example is too long when ``len(input_ids) - 1 > seq_length``; the recipe's data module leaves such
+    examples out and names them.
+
+    Examples:
+        python -m data_prep.harmony --stats --seq-length 2048 --data work/data/hr/train.jsonl --tokenizer <tok>
+    """
+    import numpy as np
+
+    ids, lengths, trained = [], [], []
+    for ex in read_jsonl(path):
+        enc = encode(ex, tokenizer, **kwargs)
+        ids.append(ex.id)
+        lengths.append(len(enc.input_ids))
+        trained.append(sum(enc.loss_mask))
+    arr = np.asarray(lengths)
+    too_long = [i for i, n in zip(ids, lengths, strict=True) if n - 1 > seq_length]
+    return {
+        "examples": len(ids),
+        "tokens": {
+            "min": int(arr.min()),
+            "median": float(np.median(arr)),
+            "p95": float(np.percentile(arr, 95)),
+            "max": int(arr.max()),
+        },
+        "trained_tokens": {"median": float(np.median(trained)), "max": int(max(trained))},
+        "seq_length": seq_length,
+        "too_long": too_long,
+    }
+
+
 def main() -> None:
+    import json
+
     from transformers import AutoTokenizer
 
     parser = argparse.ArgumentParser(
-        description="Print one rendered example with its trained span marked [[...]]."
+        description="Print one rendered example with its trained span marked [[...]], or --stats."
     )
     parser.add_argument("--data", required=True, help="chat JSONL")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (a model folder works)")
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--stats", action="store_true", help="token-length statistics and truncation report")
+    parser.add_argument("--seq-length", type=int, default=2048, help="with --stats: the training seq_length")
     args = parser.parse_args()
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.stats:
+        report = length_report(args.data, tok, args.seq_length)
+        print(json.dumps({**report, "too_long": report["too_long"][:20]}, indent=2))
+        print(
+            f"{len(report['too_long'])} of {report['examples']} examples exceed seq_length={args.seq_length}"
+        )
+        return
     for i, ex in enumerate(read_jsonl(args.data)):
         if i == args.index:
             print(show(ex, tok))

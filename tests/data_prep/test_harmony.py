@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from data_prep.builtin import generate
 from data_prep.harmony import MaskError, encode, show
-from data_prep.schema import ChatExample
+from data_prep.schema import ChatExample, read_jsonl
 
 
 def _examples():
@@ -59,3 +59,20 @@ def test_non_harmony_template_is_refused(tiny_hf):
     tok.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     with pytest.raises(MaskError, match="harmony"):
         encode(_examples()[0], tok)
+
+
+def test_length_report_names_what_would_be_truncated(tiny_hf, tmp_path):
+    from data_prep.builtin import write
+    from data_prep.harmony import length_report
+
+    tok = AutoTokenizer.from_pretrained(tiny_hf)
+    path = write(tmp_path)["validation"]
+    full = length_report(path, tok, seq_length=10_000)
+    assert full["examples"] == 32 and full["too_long"] == []
+    assert full["tokens"]["min"] <= full["tokens"]["median"] <= full["tokens"]["max"]
+    # Limits inside the observed range leave out exactly the examples longer than them.
+    lengths = {ex.id: len(encode(ex, tok).input_ids) for ex in read_jsonl(path)}
+    for limit in (full["tokens"]["min"] - 2, full["tokens"]["min"] - 1, full["tokens"]["max"] - 1):
+        cut = length_report(path, tok, seq_length=limit)
+        assert cut["too_long"] == [i for i, n in lengths.items() if n - 1 > limit]
+    assert len(length_report(path, tok, seq_length=full["tokens"]["min"] - 2)["too_long"]) == 32
