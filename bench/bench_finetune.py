@@ -44,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for label in ("cold (build + import + train + merge + export)", "warm (model and data present)"):
-            wall, stages = run_once(work, args)
+            wall, stages = run_once(work, args.args)
             print(f"\n{label}: {wall:.1f} s wall on {os.cpu_count()} cores")
             for line in stages:
                 print("   ", line.strip())
