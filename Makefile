@@ -28,7 +28,7 @@ predict:  ## two-stage predictions of the latest exported run on the built-in te
 	@run=$$(ls -td $(WORK)/runs/*/*/hf 2>/dev/null | head -1); \
 	test -n "$$run" || { echo "no exported model under $(WORK)/runs: run make finetune first"; exit 1; }; \
 	dir=$$(dirname $$run); \
-	$(PY) -m recipes.predict model_dir=$$run input=$(WORK)/data/builtin/test.jsonl out=$$dir/predictions.jsonl $(ARGS) && \
+	$(PY) -m recipes.predict model_dir=$$run input=$(WORK)/data/builtin/test.jsonl out=$$dir/predictions.jsonl max_new_tokens=24 $(ARGS) && \
 	$(PY) -m recipes.evaluate predictions=$$dir/predictions.jsonl references=$(WORK)/data/builtin/test.jsonl out_dir=$$dir/eval
 
 data:  ## chat JSONL from one source (SOURCE=hr_generic INPUT=path ARGS="answer_format=json")
