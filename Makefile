@@ -7,7 +7,7 @@ SOURCE ?= hr_ibm_attrition
 INPUT ?= ../shared/data/hr/ibm_hr_attrition.csv
 ROWS ?= 1000000
 
-.PHONY: help setup test lint finetune predict data data-real baselines bench-data bench-finetune clean
+.PHONY: help setup test lint finetune plan launch predict data data-real baselines bench-data bench-finetune clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ lint:  ## ruff lint and format check
 
 finetune:  ## tiny gpt-oss end to end: build, import, LoRA fine-tune, merge, export (ARGS="peft=none ...")
 	$(PY) -m recipes.finetune $(ARGS)
+
+plan:  ## memory plan; refuses what cannot fit and names the nearest plan (ARGS="experiment=spark_pair_120b_lora_fp8")
+	$(PY) -m recipes.plan $(ARGS)
+
+launch:  ## validate, plan, build, then launch on the configured cluster (ARGS="experiment=spark_20b_lora --dry-run")
+	$(PY) -m launch $(ARGS)
 
 predict:  ## two-stage predictions of the latest exported run on the built-in test split, then evaluate them
 	@run=$$(ls -td $(WORK)/runs/*/*/hf 2>/dev/null | head -1); \

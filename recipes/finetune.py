@@ -124,6 +124,12 @@ def recipe_overrides(cfg: DictConfig) -> list[str]:
         f"data.micro_batch_size={d.micro_batch_size}",
         f"data.global_batch_size={d.global_batch_size}",
     ]
+    if cfg.plan.recompute == "full":
+        overrides += [
+            "model.config.recompute_granularity='full'",
+            "model.config.recompute_method='uniform'",
+            "model.config.recompute_num_layers=1",
+        ]
     return overrides + list(cfg.recipe_overrides)
 
 
@@ -285,6 +291,14 @@ def run_finetune(cfg: DictConfig) -> dict:
     from recipes import cpu
 
     validate(cfg)
+    from recipes.plan import PlanError, check
+
+    try:
+        check(cfg)
+    except PlanError as e:
+        if cfg.plan.enforce:
+            raise ConfigError(str(e)) from None
+        print(f"memory plan (not enforced): {e}")
     cpu.enable()
     stages = Stages(6 if cfg.export.enabled else 4)
     prepare(cfg, stages)

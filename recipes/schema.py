@@ -67,10 +67,44 @@ class ParallelConf:
 
 
 @dataclass
+class NcclConf:
+    socket_ifname: str = ""  # NCCL_SOCKET_IFNAME: the interface NCCL bootstraps over (e.g. enp1s0f0np0)
+    ib_hca: list[str] = field(default_factory=list)  # NCCL_IB_HCA: every RDMA device NCCL may use
+    gloo_socket_ifname: str = ""  # GLOO_SOCKET_IFNAME: the interface of torch's gloo (CPU) groups
+    extra_env: dict[str, str] = field(default_factory=dict)  # further NCCL_* variables, verbatim
+
+
+@dataclass
+class SlurmConf:
+    account: str = ""
+    partition: str = ""
+    time: str = "04:00:00"  # wall-clock limit, HH:MM:SS
+    job_dir: str = "${work_dir}/slurm"  # where sbatch scripts and logs are written (LocalTunnel)
+    exclusive: bool = True
+
+
+@dataclass
 class ClusterConf:
     name: str = MISSING
     num_nodes: int = 1
     devices_per_node: int = 1
+    executor: str = "local"  # local | pair | slurm | docker
+    device: str = "auto"  # memory profile: auto | cpu | spark | h100 | h200
+    master_addr: str = "127.0.0.1"  # node 0's address on the link the nodes share
+    master_port: int = 29500
+    container_image: str = ""  # e.g. nvcr.io/nvidia/nemo:25.09 (docker and slurm executors)
+    container_mounts: list[str] = field(default_factory=list)  # host:container paths
+    nccl: NcclConf = field(default_factory=NcclConf)
+    slurm: SlurmConf = field(default_factory=SlurmConf)
+    env: dict[str, str] = field(default_factory=dict)  # further environment of every process
+
+
+@dataclass
+class PlanConf:
+    base_weights: str = "model"  # model (the checkpoint's dtype) | fp8 (frozen base weights, LoRA only)
+    recompute: str = "none"  # none | full (store only each layer's input; recompute the rest in backward)
+    load: str = "whole"  # whole (a rank reads its whole shard first) | layerwise (one layer at a time)
+    enforce: bool = True  # refuse an infeasible plan before launching
 
 
 @dataclass
@@ -93,6 +127,7 @@ class FinetuneConf:
     parallel: ParallelConf = field(default_factory=ParallelConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
     export: ExportConf = field(default_factory=ExportConf)
+    plan: PlanConf = field(default_factory=PlanConf)
     # Further deltas on the NeMo recipe, applied last with NeMo-Run's own parser (every key is checked
     # against the real signatures), e.g. ["optim.config.weight_decay=0.0"].
     recipe_overrides: list[str] = field(default_factory=list)

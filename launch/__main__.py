@@ -1,0 +1,165 @@
+"""Launch fine-tuning (or the link preflight) on the configured cluster, after every check has passed.
+
+Composes ``conf/plan.yaml`` (the fine-tuning config plus an optional ``experiment``), then: validate (the
+recipe's own checks) -> memory plan (refuses what cannot fit) -> build the NeMo recipe (every override checked
+against NeMo's signatures) -> hand ``python -m launch.train <the same overrides>`` to the cluster's NeMo-Run
+executor. ``--dry-run`` stops before launching and prints exactly what would run: the checks, the environment,
+the torchrun command of every node, the sbatch script or the container command. It does not import NeMo.
+
+Examples:
+    python -m launch experiment=spark_20b_lora --dry-run
+    python -m launch experiment=spark_pair_20b_lora --node-rank 0          # on the first Spark
+    python -m launch experiment=spark_pair_20b_lora --node-rank 1          # on the second
+    python -m launch cluster=spark_pair --preflight --node-rank 0          # all-reduce bus bandwidth only
+    python -m launch experiment=slurm_120b_sft cluster.slurm.account=me --dry-run   # prints the sbatch script
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from io import StringIO
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from launch import executors
+from recipes import plan as planner
+
+
+def checks(cfg: DictConfig, node_rank: int) -> tuple[str, list[str]]:
+    """The memory table and every problem found by the recipe's validation, the planner and the executor."""
+    from recipes.finetune import ConfigError, validate
+
+    found = []
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        found += str(e).splitlines()[1:]
+    out = StringIO()
+    try:
+        planner.check(cfg, out=out)
+    except planner.PlanError as e:
+        if cfg.plan.enforce:
+            found += [f"  {line}" for line in str(e).splitlines()]
+    found += [f"  - {p}" for p in executors.problems(cfg, node_rank)]
+    return out.getvalue(), [line.removeprefix("  ") for line in found]
+
+
+def experiment(cfg: DictConfig, node_rank: int):
+    """A NeMo-Run experiment on the cluster's executor (add the task inside its ``with`` block)."""
+    import nemo_run as run
+
+    run.config.set_nemorun_home(
+        os.environ.get("NEMORUN_HOME") or str(Path(cfg.work_dir, "nemo_run").resolve())
+    )
+    return run.Experiment(f"gpt-oss-{cfg.run_name}", executor=executors.executor(cfg, node_rank))
+
+
+def add_task(exp, module: str, args: list[str]) -> None:
+    exp.add(executors.task(module, args), name="train" if module == "launch.train" else "preflight")
+
+
+def render(info) -> str:
+    """What a NeMo-Run dry-run would start, as a shell reader sees it."""
+    request = info.request
+    if hasattr(request, "role_params"):  # local scheduler: one process (torchrun) per replica
+        lines = []
+        for replicas in request.role_params.values():
+            for replica in replicas:
+                env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(replica.env.items()))
+                lines.append(f"env {env} \\\n  {' '.join(replica.args)}")
+        return "\n".join(lines)
+    if hasattr(request, "containers"):  # docker
+        lines = []
+        for c in request.containers:
+            env = " ".join(f"-e {k}={shlex.quote(str(v))}" for k, v in sorted(c.extra_env.items()))
+            volumes = " ".join(f"-v {v}" for v in c.executor.volumes)
+            lines.append(
+                f"docker run --gpus all --ipc={c.executor.ipc_mode} {volumes} {env} "
+                f"{c.executor.container_image} \\\n  {' '.join(c.command)}"
+            )
+        return "\n".join(lines)
+    return str(request)  # slurm: the sbatch script
+
+
+def dry_run(cfg: DictConfig, module: str, args: list[str], node_rank: int = 0) -> str:
+    """Everything a launch would do, as text, without starting anything.
+
+    Examples:
+        python -m launch experiment=spark_pair_120b_lora_fp8 --node-rank 1 --dry-run
+    """
+    table, found = checks(cfg, node_rank)
+    kind = cfg.cluster.get("executor", "local")
+    parts = [
+        f"# dry run: {kind} executor, {cfg.cluster.num_nodes} node(s) x {cfg.cluster.devices_per_node} device(s)"
+        + (f", this is node {node_rank}" if kind == "pair" else ""),
+        table.rstrip(),
+    ]
+    if found:
+        parts.append("# a real launch stops here:\n" + "\n".join(found))
+    parts.append("# environment of every process:")
+    parts += [f"{k}={v}" for k, v in sorted(executors.environment(cfg, node_rank).items())]
+    if not executors.problems(cfg, node_rank):
+        exp = experiment(cfg, node_rank)
+        with exp:
+            add_task(exp, module, args)
+            exp.dryrun(log=False)
+            info = exp.jobs[0]._dryrun_info  # what Job.launch(dryrun=True) computed
+        title = {"slurm": "sbatch script", "docker": "container"}.get(kind, "command")
+        parts.append(f"# {title}:\n{render(info)}")
+        if kind == "pair":
+            other = 1 - node_rank
+            parts.append(
+                f"# then on the other node: python -m launch {' '.join(map(shlex.quote, args))} "
+                f"--node-rank {other}"
+            )
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m launch", description=__doc__.split("\n\n")[0], epilog="Hydra overrides: key=value ..."
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print what would run; start nothing")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (the pair executor)")
+    parser.add_argument("--preflight", action="store_true", help="run the all-reduce preflight instead")
+    parser.add_argument(
+        "--preflight-args", default="--size-mb 256 --iters 10", help="arguments of python -m launch.preflight"
+    )
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        parser.error(f"unknown option(s) {bad}; Hydra overrides are key=value")
+    cfg = planner.compose(overrides)
+    if args.preflight:
+        module, job_args = "launch.preflight", shlex.split(args.preflight_args)
+    else:
+        module, job_args = "launch.train", overrides
+    if args.dry_run:
+        print(dry_run(cfg, module, job_args, args.node_rank), end="")
+        return 0
+    table, found = checks(cfg, args.node_rank)
+    print(table, end="")
+    if found and not args.preflight:
+        print("the launch cannot start:\n" + "\n".join(found), file=sys.stderr)
+        return 1
+    if not args.preflight:
+        if (Path(cfg.model.hf_path) / "config.json").exists():
+            from recipes.finetune import build
+
+            build(cfg)  # every recipe override is checked against NeMo's signatures before anything starts
+        else:  # validate() let it through: the tiny model, which the job builds before training
+            print(f"the job builds the tiny model at {cfg.model.hf_path}; the recipe is checked there")
+    exp = experiment(cfg, args.node_rank)
+    with exp:
+        add_task(exp, module, job_args)
+        kind = cfg.cluster.get("executor", "local")
+        exp.run(detach=kind == "slurm", tail_logs=kind != "slurm")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,619 @@
+"""Memory plan of a fine-tuning run: does it fit the cluster, and if not, what is the nearest plan that does?
+
+Runs before anything heavy (no NeMo import, no weights): it reads the model's Hugging Face ``config.json``
+(or the tiny model's shape), splits the parameters into attention / experts / router / embeddings, shards
+them as megatron-core does, and adds gradients, optimizer states, LoRA adapters, activations and the host
+memory needed while loading. An infeasible plan is refused with the numbers and the nearest feasible one::
+
+    python -m recipes.plan                                        # the tiny default on this machine
+    python -m recipes.plan experiment=spark_20b_lora              # a shipped preset
+    python -m recipes.plan model=gpt_oss_120b peft=lora cluster=spark_pair parallel.expert_model_parallel_size=2
+    python -m recipes.plan experiment=spark_pair_120b_lora_fp8 plan.base_weights=bf16   # refused, with a fix
+
+Units are decimal: 1 GB = 1e9 bytes, as the device profiles are quoted (H100 80 GB, Spark ~121 GB).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+import recipes.schema  # noqa: F401  (registers finetune_schema)
+
+GB = 1e9
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/plan.yaml`` (``conf/finetune.yaml`` plus an optional ``experiment``) outside Hydra's main.
+
+    Examples:
+        python -c "from recipes.plan import compose; print(compose(['experiment=spark_20b_lora']).cluster)"
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf_dir = Path(__file__).resolve().parent.parent / "conf"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return hydra_compose(config_name="plan", overrides=overrides or [])
+
+
+# -------------------------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Memory of one device and of the host it sits in."""
+
+    name: str
+    device_bytes: float  # what one accelerator (or the whole machine, on CPU) can hold
+    host_bytes_per_node: float  # host memory of one node; the same pool as the device when unified
+    unified: bool  # host and device share one pool (DGX Spark, CPU)
+    reserve_bytes: (
+        float  # CUDA context, NCCL buffers, cuBLAS workspace, allocator slack (assumed, not measured)
+    )
+    train_dtype_bytes: int  # 2: bf16 mixed precision; 4: fp32 (CPU runs)
+    distributed_optimizer: bool  # optimizer states sharded over data-parallel ranks (NeMo's GPU default)
+
+
+PROFILES = {
+    # GB10: ~121 GB of the 128 GB LPDDR5x is usable by the GPU, shared with the CPU and the OS.
+    "spark": DeviceProfile("spark", 121 * GB, 121 * GB, True, 3 * GB, 2, True),
+    # DGX H100 / H200 nodes: 8 GPUs and 2 TB of host memory.
+    "h100": DeviceProfile("h100", 80 * GB, 2000 * GB, False, 3 * GB, 2, True),
+    "h200": DeviceProfile("h200", 141 * GB, 2000 * GB, False, 3 * GB, 2, True),
+}
+
+
+def cpu_profile() -> DeviceProfile:
+    """This machine's memory as one unified pool; training runs in fp32 (see recipes.cpu)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return DeviceProfile("cpu", total, total, True, 0.0, 4, False)
+
+
+def resolve_profile(name: str) -> DeviceProfile:
+    """A profile by name; ``auto`` is the local GPU (its reported memory) or, without CUDA, the CPU."""
+    if name in PROFILES:
+        return PROFILES[name]
+    if name == "cpu":
+        return cpu_profile()
+    if name == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            return cpu_profile()
+        total = torch.cuda.get_device_properties(0).total_memory
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return DeviceProfile(torch.cuda.get_device_name(0), total, host, False, 3 * GB, 2, True)
+    raise PlanError(f"cluster.device={name!r} is unknown; use one of auto, cpu, {', '.join(PROFILES)}")
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+class PlanError(ValueError):
+    """A plan that cannot run, or cannot be computed; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the planner needs, read from a Hugging Face gpt-oss config."""
+
+    layers: int
+    hidden: int
+    inter: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    top_k: int
+    vocab: int
+    tied: bool
+    dtype_bytes: int  # of the checkpoint's weights (bf16: 2, fp32: 4)
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> ModelShape:
+        from convert.gpt_oss import load_hf_config
+
+        hf = load_hf_config(hf)
+        dtype = str(hf.get("torch_dtype") or hf.get("dtype") or "bfloat16").replace("torch.", "")
+        return cls(
+            layers=hf["num_hidden_layers"],
+            hidden=hf["hidden_size"],
+            inter=hf["intermediate_size"],
+            heads=hf["num_attention_heads"],
+            kv_heads=hf["num_key_value_heads"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            experts=hf["num_local_experts"],
+            top_k=hf.get("num_experts_per_tok", hf.get("experts_per_token")),
+            vocab=hf["vocab_size"],
+            tied=bool(hf.get("tie_word_embeddings", False)),
+            dtype_bytes={"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2),
+        )
+
+    @property
+    def q(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    # Per layer, as in convert.gpt_oss.count_parameters (the tests check that these add up to it).
+    @property
+    def attn_matrices(self) -> int:
+        return self.hidden * (self.q + 2 * self.kv) + self.q * self.hidden  # qkv and o weights
+
+    @property
+    def attn_small(self) -> int:
+        return (self.q + 2 * self.kv) + self.hidden + self.heads  # qkv and o biases, sinks
+
+    @property
+    def expert_matrices(self) -> int:
+        return self.experts * 3 * self.hidden * self.inter  # gate_up [h, 2i] and down [i, h] per expert
+
+    @property
+    def expert_small(self) -> int:
+        return self.experts * (2 * self.inter + self.hidden)  # their biases
+
+    @property
+    def router(self) -> int:
+        return self.experts * self.hidden + self.experts
+
+    @property
+    def norms(self) -> int:
+        return 2 * self.hidden
+
+    @property
+    def embedding(self) -> int:
+        return self.vocab * self.hidden  # the input embedding; the output layer is the same size when untied
+
+    def total(self) -> int:
+        layer = (
+            self.attn_matrices + self.attn_small + self.expert_matrices + self.expert_small + self.router
+        ) + self.norms
+        return self.layers * layer + self.embedding * (1 if self.tied else 2) + self.hidden
+
+
+def model_shape(cfg: DictConfig) -> ModelShape:
+    """The shape of ``cfg.model``: the checkpoint's config.json, or the tiny model's shape when not built yet."""
+    folder = Path(cfg.model.hf_path)
+    if (folder / "config.json").exists() or (folder / "original_config.json").exists():
+        return ModelShape.from_hf(folder)
+    if cfg.model.tiny is not None:
+        return ModelShape.from_hf(tiny_hf_config(OmegaConf.to_container(cfg.model.tiny, resolve=True)))
+    raise PlanError(
+        f"model.hf_path={cfg.model.hf_path} has no config.json to plan with: download the checkpoint there "
+        "(huggingface-cli download openai/gpt-oss-20b --local-dir <dir>) and pass model.hf_path=<dir>"
+    )
+
+
+def tiny_hf_config(shape: dict) -> dict:
+    """The tiny model's HF config; its vocabulary is ``tokenizer_vocab`` rounded up as `convert.tiny` pads it."""
+    import torch
+
+    from convert.tiny import VOCAB_MULTIPLE, hf_config
+
+    vocab = math.ceil(shape["tokenizer_vocab"] / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    return hf_config(shape, vocab, torch.float32).to_dict()
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything memory depends on, in the units megatron-core uses."""
+
+    shape: ModelShape
+    profile: DeviceProfile
+    peft: str = "lora"  # lora | none
+    lora_targets: tuple[str, ...] = ("linear_qkv", "linear_proj")
+    lora_dim: int = 8
+    num_nodes: int = 1
+    devices_per_node: int = 1
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    etp: int = 1
+    micro_batch: int = 1
+    global_batch: int = 8
+    seq_length: int = 2048
+    base_weights: str = "model"  # model | fp8
+    recompute: str = "none"  # none | full
+    load: str = "whole"  # whole | layerwise
+
+    @property
+    def world(self) -> int:
+        return self.num_nodes * self.devices_per_node
+
+    @property
+    def dp(self) -> int:
+        return max(1, self.world // (self.tp * self.pp))
+
+    @property
+    def expert_dp(self) -> int:
+        return max(1, self.world // (self.ep * self.etp * self.pp))
+
+    @property
+    def layers_per_stage(self) -> int:
+        return math.ceil(self.shape.layers / self.pp)
+
+
+@dataclass
+class Estimate:
+    """Bytes per device, per component, with the parameter counts behind them."""
+
+    params_per_device: int
+    trainable_per_device: int
+    weights: float
+    gradients: float
+    optimizer: float
+    lora: float
+    activations: float
+    reserve: float
+    host_load: float  # host memory of one node while the weights load
+    rows: list[tuple[str, float, str]] = field(default_factory=list)
+
+    @property
+    def device_total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.lora + self.activations + self.reserve
+
+
+def parameters_per_device(plan: Plan) -> dict[str, int]:
+    """Parameters one device holds, by kind, on the most loaded pipeline stage.
+
+    Tensor parallel splits attention and the vocabulary; expert parallel (times expert tensor parallel)
+    splits the experts; pipeline parallel splits the layers, the first stage keeping the input embedding
+    and the last the output layer (one of them is counted: they are the same size). Norms and the router
+    are replicated.
+    """
+    s, n = plan.shape, plan.layers_per_stage
+    experts_sharded = plan.ep * plan.etp
+    return {
+        "attention matrices": n * s.attn_matrices // plan.tp,
+        "attention biases, sinks": n * s.attn_small // plan.tp,
+        "expert matrices": n * s.expert_matrices // experts_sharded,
+        "expert biases": n * s.expert_small // experts_sharded,
+        "router, norms": n * (s.router + s.norms) + s.hidden,
+        "embeddings": s.embedding * (2 if plan.pp == 1 and not s.tied else 1) // plan.tp,
+    }
+
+
+def lora_parameters_per_device(plan: Plan) -> int:
+    """LoRA adapter parameters on one device: A [r, in] and B [out, r] per targeted linear layer.
+
+    Expert adapters are per local expert. Adapters are counted unsharded by tensor parallel (an upper bound:
+    NeMo splits one of the two matrices).
+    """
+    if plan.peft != "lora":
+        return 0
+    s, r = plan.shape, plan.lora_dim
+    per_layer = {
+        "linear_qkv": r * (s.hidden + s.q + 2 * s.kv),
+        "linear_proj": r * (s.q + s.hidden),
+        "linear_fc1": (s.experts // plan.ep) * r * (s.hidden + 2 * s.inter),
+        "linear_fc2": (s.experts // plan.ep) * r * (s.inter + s.hidden),
+    }
+    return plan.layers_per_stage * sum(per_layer[t] for t in plan.lora_targets)
+
+
+def activation_bytes_per_token_layer(plan: Plan) -> float:
+    """Bytes of activations one token leaves behind in one transformer layer for the backward pass.
+
+    After Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models" (2022,
+    arXiv:2205.05198, section 4.1), which counts ``s*b*h*(34 + 5*a*s/h)`` bytes per layer for a GPT layer in
+    16-bit; adapted to gpt-oss with flash attention (no ``a*s*s`` score terms, only the fp32 log-sum-exp per
+    head), no dropout, and a top-k MoE in place of the MLP. With ``a`` bytes per activation element::
+
+        norms      2h                     (the inputs of the two RMSNorms)
+        attention  h + (q + 2kv) + q      (the qkv input, q/k/v after RoPE, the output projection's input)
+        router     h                      (its input)
+        experts    k * (2h + 3i)          (per routed copy: fc1 input h, fc1 output 2i, activation i, fc2 output h)
+        fp32       4 * (heads + 2E)       (softmax statistics per head; router logits and probabilities)
+
+    Tensor parallel with sequence parallelism divides all of it by TP (as in the paper). It is an upper
+    bound for LoRA, where frozen linear layers do not need their inputs kept.
+    """
+    s, a = plan.shape, plan.profile.train_dtype_bytes
+    elements = 2 * s.hidden + (s.hidden + s.q + 2 * s.kv + s.q) + s.hidden
+    elements += s.top_k * (2 * s.hidden + 3 * s.inter)
+    return (a * elements + 4 * (s.heads + 2 * s.experts)) / plan.tp
+
+
+def activations(plan: Plan) -> float:
+    """Activation bytes on the most loaded device.
+
+    Without recompute every layer of the stage keeps `activation_bytes_per_token_layer`; with full recompute a
+    layer keeps only its input (``a*h`` per token) and one layer at a time is rebuilt in backward (the paper's
+    ``2sbh`` per layer plus one layer's working set). With pipeline parallelism the 1F1B schedule keeps up to
+    PP micro-batches in flight on the first stage. The logits add ``tokens * vocab / TP * (a + 4)``: the
+    logits and the fp32 softmax kept by the vocab-parallel cross entropy.
+    """
+    s, a = plan.shape, plan.profile.train_dtype_bytes
+    tokens = plan.micro_batch * plan.seq_length
+    per_layer = tokens * activation_bytes_per_token_layer(plan)
+    n = plan.layers_per_stage
+    if plan.recompute == "full":
+        stage = n * tokens * a * s.hidden / plan.tp + per_layer
+    else:
+        stage = n * per_layer
+    in_flight = min(plan.pp, max(1, plan.global_batch // (plan.micro_batch * plan.dp)))
+    logits = tokens * s.vocab / plan.tp * (a + 4)
+    return stage * in_flight + logits
+
+
+def estimate(plan: Plan) -> Estimate:
+    """Per-device memory of a plan (see the module docstring for the sources of each term).
+
+    Per parameter, with mixed precision (bf16) and Adam, as megatron-core's distributed optimizer
+    documents (docs/source/api-guide/dist_optimizer.md: 18 bytes per parameter, 6 + 12/d when distributed):
+    weights 2 bytes, gradients 4 (the fp32 main-grad buffer), optimizer 12 (fp32 master, m and v) divided
+    by the data-parallel size when the optimizer is distributed. Only trainable parameters have gradients
+    and optimizer states. In fp32 (CPU) weights and gradients are 4 bytes and Adam adds 8 (m and v, no
+    master copy). Frozen FP8 base weights store attention and expert matrices in 1 byte (per-tensor scale).
+
+    Examples:
+        python -m recipes.plan experiment=spark_pair_120b_lora_fp8
+    """
+    s, prof = plan.shape, plan.profile
+    a = prof.train_dtype_bytes
+    params = parameters_per_device(plan)
+    total = sum(params.values())
+    matrices = params["attention matrices"] + params["expert matrices"]
+    weight_bytes = 1 if plan.base_weights == "fp8" else a
+    weights = matrices * weight_bytes + (total - matrices) * a
+
+    experts = params["expert matrices"] + params["expert biases"]
+    master = 4 if a < 4 else 0
+    opt_per_param = 8 + master
+    shard = prof.distributed_optimizer
+    if plan.peft == "none":
+        trainable = total
+        gradients = 4 * total
+        dense_opt = (total - experts) * opt_per_param / (plan.dp if shard else 1)
+        expert_opt = experts * opt_per_param / (plan.expert_dp if shard else 1)
+        optimizer = dense_opt + expert_opt
+        lora_bytes = 0.0
+    else:
+        trainable = lora_parameters_per_device(plan)
+        gradients = optimizer = 0.0
+        lora_bytes = trainable * (a + 4 + opt_per_param / (plan.dp if shard else 1))
+
+    act = activations(plan)
+    # Loading: a rank reads its shard of the checkpoint (in the checkpoint's dtype) into host memory before
+    # copying it into the parameters, the whole shard or one layer at a time.
+    shard_bytes = total * s.dtype_bytes
+    layer_bytes = (total - params["embeddings"]) / plan.layers_per_stage * s.dtype_bytes
+    staging = shard_bytes if plan.load == "whole" else max(layer_bytes, params["embeddings"] * s.dtype_bytes)
+    host_load = plan.devices_per_node * (staging + (weights if prof.unified else 0))
+
+    rows = [
+        (
+            "weights",
+            weights,
+            f"{_count(total)} params/device"
+            + (f", {_count(matrices)} of them in fp8" if plan.base_weights == "fp8" else f" x {a} B"),
+        ),
+        (
+            "gradients",
+            gradients,
+            "frozen base" if plan.peft == "lora" else f"{_count(trainable)} trainable x 4 B (fp32)",
+        ),
+        (
+            "optimizer",
+            optimizer,
+            "frozen base"
+            if plan.peft == "lora"
+            else f"Adam {opt_per_param} B/param"
+            + (f", sharded over DP {plan.dp} / expert DP {plan.expert_dp}" if shard else ""),
+        ),
+        (
+            "LoRA adapters",
+            lora_bytes,
+            f"{_count(trainable)} params x (weight + grad + Adam)" if plan.peft == "lora" else "none",
+        ),
+        (
+            "activations",
+            act,
+            f"mbs {plan.micro_batch} x seq {plan.seq_length}, {plan.layers_per_stage} layers, "
+            f"recompute {plan.recompute}",
+        ),
+        ("reserve", prof.reserve_bytes, "CUDA context, NCCL, workspace (assumed)"),
+    ]
+    return Estimate(
+        params_per_device=total,
+        trainable_per_device=trainable,
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        lora=lora_bytes,
+        activations=act,
+        reserve=prof.reserve_bytes,
+        host_load=host_load,
+        rows=rows,
+    )
+
+
+def problems(plan: Plan, est: Estimate | None = None) -> list[str]:
+    """Why a plan cannot run: shape rules first, then memory; empty when it fits."""
+    s = plan.shape
+    out = []
+    if plan.base_weights == "fp8" and plan.peft != "lora":
+        out.append("plan.base_weights=fp8 freezes the base weights; it needs peft=lora")
+    if s.experts % plan.ep:
+        divisors = [k for k in range(1, s.experts + 1) if s.experts % k == 0 and k <= plan.world]
+        out.append(
+            f"expert_model_parallel_size={plan.ep} does not divide {s.experts} experts; use one of "
+            f"{', '.join(map(str, divisors))} (parallel.expert_model_parallel_size=...)"
+        )
+    if plan.world % (plan.tp * plan.pp) or plan.world % (plan.ep * plan.etp * plan.pp):
+        out.append(
+            f"TP {plan.tp} x PP {plan.pp} and EP {plan.ep} x ETP {plan.etp} x PP {plan.pp} must divide the "
+            f"{plan.world} devices (cluster.num_nodes x cluster.devices_per_node)"
+        )
+    unknown = sorted(set(plan.lora_targets) - set(LORA_TARGETS))
+    if plan.peft == "lora" and unknown:
+        out.append(f"peft.target_modules {unknown} match no gpt-oss module; use some of {list(LORA_TARGETS)}")
+    if out:
+        return out
+    est = est or estimate(plan)
+    cap = plan.profile.device_bytes
+    per_node_train = est.device_total * (plan.devices_per_node if plan.profile.unified else 1)
+    if per_node_train > cap:
+        where = "node (unified memory)" if plan.profile.unified else "device"
+        out.append(
+            f"training needs {per_node_train / GB:.1f} GB per {where}; {plan.profile.name} has {cap / GB:.1f} GB"
+        )
+    host_cap = plan.profile.host_bytes_per_node
+    if est.host_load > host_cap:
+        out.append(
+            f"loading needs {est.host_load / GB:.1f} GB of host memory per node (plan.load={plan.load}); "
+            f"{plan.profile.name} has {host_cap / GB:.1f} GB"
+        )
+    return out
+
+
+def feasible(plan: Plan) -> bool:
+    return not problems(plan)
+
+
+def _moves(plan: Plan) -> list[tuple[str, dict]]:
+    """Single changes towards less memory, nearest first, as (override, Plan fields)."""
+    moves = []
+    if plan.recompute != "full":
+        moves.append(("plan.recompute=full", {"recompute": "full"}))
+    if plan.micro_batch > 1:
+        mbs = plan.micro_batch // 2
+        moves.append((f"data.micro_batch_size={mbs}", {"micro_batch": mbs}))
+    if plan.load != "layerwise":
+        moves.append(("plan.load=layerwise", {"load": "layerwise"}))
+    if plan.peft == "none":
+        moves.append(("peft=lora", {"peft": "lora"}))
+    if plan.peft == "lora" and plan.base_weights != "fp8":
+        moves.append(("plan.base_weights=fp8", {"base_weights": "fp8"}))
+    room = plan.world // (plan.etp * plan.pp)
+    for ep in range(plan.ep + 1, room + 1):
+        if plan.shape.experts % ep == 0 and room % ep == 0:
+            moves.append((f"parallel.expert_model_parallel_size={ep}", {"ep": ep}))
+            break
+    return moves
+
+
+def suggest(plan: Plan, max_changes: int = 3) -> tuple[list[str], Plan] | None:
+    """The nearest feasible plan: the fewest changes from `_moves`, earlier moves preferred."""
+    for n in range(1, max_changes + 1):
+        for combo in itertools.combinations(_moves(plan), n):
+            fields = {}
+            for _, f in combo:
+                fields.update(f)
+            candidate = replace(plan, **fields)
+            if feasible(candidate):
+                return [o for o, _ in combo], candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------------ from config
+
+
+def plan_from_cfg(cfg: DictConfig) -> Plan:
+    """The `Plan` of a composed config (``recipes.plan.compose`` or ``recipes.finetune.compose``)."""
+    c, p, d = cfg.cluster, cfg.parallel, cfg.data
+    settings = cfg.get("plan") or {}
+    return Plan(
+        shape=model_shape(cfg),
+        profile=resolve_profile(c.get("device", "auto")),
+        peft=cfg.peft.name,
+        lora_targets=tuple(cfg.peft.target_modules),
+        lora_dim=cfg.peft.dim,
+        num_nodes=c.num_nodes,
+        devices_per_node=c.devices_per_node,
+        tp=p.tensor_model_parallel_size,
+        pp=p.pipeline_model_parallel_size,
+        ep=p.expert_model_parallel_size,
+        etp=p.expert_tensor_parallel_size,
+        micro_batch=d.micro_batch_size,
+        global_batch=d.global_batch_size,
+        seq_length=d.seq_length,
+        base_weights=settings.get("base_weights", "model"),
+        recompute=settings.get("recompute", "none"),
+        load=settings.get("load", "whole"),
+    )
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3f}{unit}"
+    return str(int(n))
+
+
+def table(plan: Plan, est: Estimate) -> str:
+    """The plan as a plain-text table (per device; loading per node)."""
+    head = (
+        f"memory plan: {_count(plan.shape.total())}-param gpt-oss, {plan.peft if plan.peft == 'lora' else 'full SFT'}"
+        f" | {plan.num_nodes} node(s) x {plan.devices_per_node} {plan.profile.name}"
+        f" | TP {plan.tp} PP {plan.pp} EP {plan.ep} ETP {plan.etp} DP {plan.dp}"
+        f" | base weights {plan.base_weights}"
+    )
+    lines = [head, f"  {'component':<14} {'GB/device':>10}  detail"]
+    for name, value, detail in est.rows:
+        lines.append(f"  {name:<14} {value / GB:>10.3f}  {detail}")
+    cap = plan.profile.device_bytes
+    lines.append(f"  {'total':<14} {est.device_total / GB:>10.3f}  of {cap / GB:.1f} GB per device")
+    lines.append(
+        f"  {'host, loading':<14} {est.host_load / GB:>10.3f}  per node, plan.load={plan.load}"
+        + (" (unified: includes the weights)" if plan.profile.unified else "")
+        + f"; {plan.profile.host_bytes_per_node / GB:.1f} GB available"
+    )
+    return "\n".join(lines)
+
+
+def check(cfg: DictConfig, out=None) -> Plan:
+    """Print the plan of ``cfg``; raise `PlanError` with the numbers and the nearest feasible plan if it cannot fit.
+
+    Examples:
+        python -m recipes.plan experiment=spark_pair_20b_lora
+    """
+    out = out or sys.stdout
+    plan = plan_from_cfg(cfg)
+    est = estimate(plan)
+    print(table(plan, est), file=out)
+    found = problems(plan, est)
+    if not found:
+        print("  fits.", file=out)
+        return plan
+    message = "the plan does not fit:\n  - " + "\n  - ".join(found)
+    nearest = suggest(plan)
+    if nearest is not None:
+        overrides, better = nearest
+        message += (
+            f"\nnearest feasible plan: {' '.join(overrides)}"
+            f" ({estimate(better).device_total / GB:.1f} GB per device)"
+        )
+    else:
+        message += "\nno plan within three changes fits: add nodes (cluster.num_nodes) or a larger device"
+    raise PlanError(message)
+
+
+@hydra.main(config_path="../conf", config_name="plan", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        check(cfg)
+    except PlanError as e:
+        raise SystemExit(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()
