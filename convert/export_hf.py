@@ -3,7 +3,8 @@
 Registers `GptOssHFExporter` as NeMo's ``hf`` exporter of ``GPTOSSModel`` (so ``llm.export_ckpt`` uses it):
 the whole config is mapped back (stock NeMo writes 20b defaults for every field but layers and experts),
 experts are written in transformers' layout, and the folder gets config, generation config, tokenizer and
-chat template. The output appears only when complete (written to ``<out>.partial``, then renamed).
+chat template. The output appears only when complete and (for small models) verified: it is written to
+``<out>.partial`` and renamed.
 
 Examples:
     python -m convert.export_hf --nemo work/runs/tiny-lora/merged --out work/models/gpt-oss-tiny-finetuned-hf
@@ -20,7 +21,7 @@ import torch
 from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSModel, HFGPTOSSExporter
 from nemo.lightning import io, teardown
 
-from convert.gpt_oss import McoreNames, hf_config_from_nemo, mcore_to_hf
+from convert.gpt_oss import McoreNames, count_parameters, hf_config_from_nemo, mcore_to_hf
 from recipes import cpu
 
 
@@ -79,29 +80,73 @@ class GptOssHFExporter(HFGPTOSSExporter):
 
 
 def export_hf(
-    nemo_path: str | Path, out: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False
+    nemo_path: str | Path,
+    out: str | Path,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    verify: bool | None = None,
 ):
-    """Export ``nemo_path`` to an HF folder ``out``; nothing at ``out`` until the export is complete.
+    """Export ``nemo_path`` to an HF folder ``out``; nothing appears at ``out`` unless the export succeeds.
+
+    Written to ``<out>.partial``, verified against the NeMo checkpoint (logits, layer outputs, config fields,
+    expert orientation) when that is cheap, then renamed to ``out``. An interruption leaves at most
+    ``<out>.partial``, which transformers cannot mistake for ``out`` and the next export replaces.
+
+    Args:
+        nemo_path: NeMo checkpoint (full SFT, or a LoRA run merged by ``convert.merge_lora``).
+        out: Hugging Face folder to write.
+        dtype: Storage dtype; default the model's.
+        overwrite: Replace an existing ``out``.
+        verify: Check the export before publishing it; ``None``: only for models up to
+            ``VERIFY_MAX_PARAMS`` parameters. A lossless export (same dtype) must match to
+            ``VERIFY_TOLERANCE``; a narrowing one is reported only.
 
     Examples:
         python -m convert.export_hf --nemo work/runs/tiny-lora/merged --out /tmp/exported
     """
+    from convert.import_hf import VERIFY_MAX_PARAMS, is_complete
+
     nemo_path, out = Path(nemo_path), Path(out)
     if not (nemo_path / "context").is_dir() or not (nemo_path / "weights").is_dir():
         raise FileNotFoundError(
             f"{nemo_path} is not a NeMo checkpoint (expected context/ and weights/ inside); "
             "a LoRA run must be merged first (python -m convert.merge_lora)"
         )
+    if not is_complete(nemo_path):
+        raise FileNotFoundError(
+            f"{nemo_path} is an incomplete NeMo checkpoint (no weights/metadata.json or context/io.json); "
+            "it was interrupted while being written: write it again"
+        )
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     exporter = GptOssHFExporter(str(nemo_path))
     exporter.dtype = dtype
-    exporter.apply(tmp)
+    if verify is None:
+        verify = count_parameters(exporter.config.to_dict()) <= VERIFY_MAX_PARAMS
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        exporter.apply(tmp)
+        if verify:
+            lossless = (dtype or exporter.nemo_config.params_dtype) == exporter.nemo_config.params_dtype
+            _verify(tmp, nemo_path, strict=lossless)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _verify(hf_dir: Path, nemo_path: Path, strict: bool) -> None:
+    from convert import verify
+    from convert.import_hf import VERIFY_TOLERANCE
+
+    report = verify.verify(hf_dir, nemo_path)
+    print(f"verify export of {nemo_path} (HF side as reference):\n{report.summary()}")
+    failed = report.failed(VERIFY_TOLERANCE)
+    if failed and strict:
+        raise RuntimeError("the export does not reproduce the NeMo checkpoint:\n  " + "\n  ".join(failed))
 
 
 def main() -> None:
@@ -112,9 +157,13 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="Hugging Face folder to write")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the model's")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, default=None, help="default: only for small models"
+    )
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    print(f"Hugging Face checkpoint: {export_hf(args.nemo, args.out, dtype, args.overwrite)}")
+    out = export_hf(args.nemo, args.out, dtype, args.overwrite, verify=args.verify)
+    print(f"Hugging Face checkpoint: {out}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+from convert import mxfp4
 
 
 class ConversionError(ValueError):
@@ -44,6 +44,10 @@ def load_hf_config(path_or_config) -> dict:
         return path_or_config.to_dict()
     path = Path(path_or_config)
     cfg_file = path / "config.json" if path.is_dir() else path
+    if path.is_dir() and not cfg_file.exists() and (path / "original_config.json").exists():
+        return hf_config_from_original(json.loads((path / "original_config.json").read_text()))
+    if cfg_file.name == "original_config.json" and cfg_file.exists():
+        return hf_config_from_original(json.loads(cfg_file.read_text()))
     if not cfg_file.exists():
         raise ConversionError(f"no config.json at {path}: expected a Hugging Face gpt-oss checkpoint folder")
     cfg = json.loads(cfg_file.read_text())
@@ -52,6 +56,51 @@ def load_hf_config(path_or_config) -> dict:
             f"{cfg_file} has model_type={cfg.get('model_type')!r}; this converter handles 'gpt_oss' only"
         )
     return cfg
+
+
+def hf_config_from_original(orig: Mapping) -> dict:
+    """The transformers config (as a dict) of OpenAI's own ``original_config.json`` format.
+
+    OpenAI publishes both formats for gpt-oss-20b (they agree, see tests/convert/test_param_counts.py) but
+    only the original one for 120b in ``../shared/data``. Its YaRN fields are named after NTK-by-parts:
+    ``rope_ntk_beta`` is ``beta_fast`` and ``rope_ntk_alpha`` is ``beta_slow``.
+
+    Examples:
+        python -c "from convert.gpt_oss import load_hf_config as c; print(c('../shared/data/gpt-oss/configs/gpt-oss-120b'))"
+    """
+    n, ctx, factor = orig["num_hidden_layers"], orig["initial_context_length"], orig["rope_scaling_factor"]
+    return {
+        "architectures": [ARCHITECTURE],
+        "model_type": "gpt_oss",
+        "num_hidden_layers": n,
+        "num_local_experts": orig["num_experts"],
+        "num_experts_per_tok": orig["experts_per_token"],
+        "experts_per_token": orig["experts_per_token"],
+        "vocab_size": orig["vocab_size"],
+        "hidden_size": orig["hidden_size"],
+        "intermediate_size": orig["intermediate_size"],
+        "swiglu_limit": orig["swiglu_limit"],
+        "head_dim": orig["head_dim"],
+        "num_attention_heads": orig["num_attention_heads"],
+        "num_key_value_heads": orig["num_key_value_heads"],
+        "sliding_window": orig["sliding_window"],
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)],
+        "initial_context_length": ctx,
+        "max_position_embeddings": int(ctx * factor),
+        "rope_theta": orig["rope_theta"],
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": float(factor),
+            "beta_fast": float(orig["rope_ntk_beta"]),
+            "beta_slow": float(orig["rope_ntk_alpha"]),
+            "original_max_position_embeddings": ctx,
+            "truncate": False,
+        },
+        "attention_bias": True,
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-05,
+        "torch_dtype": "bfloat16",
+    }
 
 
 def _dtype_of(hf: dict) -> torch.dtype:
@@ -209,47 +258,244 @@ def hf_config_from_nemo(cfg, generation_config=None):
 
 
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
-    """MXFP4 -> dense: ``blocks [..., G, 16]`` uint8 (two e2m1 nibbles, low first) and ``scales [..., G]``
-    (uint8 e8m0, bias 127) -> ``[..., G * 32]``. For gpt-oss experts the result is ``[E, out, in]``."""
-    if blocks.shape[:-1] != scales.shape:
-        raise ConversionError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    lo = lut[(blocks & 0x0F).long()]
-    hi = lut[(blocks >> 4).long()]
-    vals = torch.stack((lo, hi), dim=-1).flatten(-2)  # [..., G, 32]
-    vals = torch.ldexp(vals, scales.to(torch.int32).unsqueeze(-1) - 127)
-    return vals.flatten(-2).to(dtype)
+    """MXFP4 -> dense (see `convert.mxfp4.dequantize`); for gpt-oss experts the result is ``[E, out, in]``."""
+    try:
+        return mxfp4.dequantize(blocks, scales, dtype)
+    except mxfp4.MXFP4Error as e:
+        raise ConversionError(str(e)) from e
+
+
+# ------------------------------------------------------------------------------------- checkpoint files
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ARCHITECTURE = "GptOssForCausalLM"
+_ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "U8": "uint8", "F64": "float64"}
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The safetensors files of an HF checkpoint (those its index names, else every ``*.safetensors``).
+
+    Pickle checkpoints (``pytorch_model.bin`` and friends) are refused: loading one runs arbitrary code.
+    """
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [n for n in names if not (path / n).exists()]
+        if missing:
+            raise ConversionError(
+                f"{path}: {index.name} names {len(missing)} missing file(s) {missing[:4]}; "
+                "the download is incomplete (re-run `huggingface-cli download` for this repository)"
+            )
+        return [path / n for n in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = (
+            sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES) if path.is_dir() else []
+        )
+        if pickles:
+            raise ConversionError(
+                f"{path} holds only pickle weights {pickles[:4]}, which are never loaded here (unpickling runs "
+                "code); convert them to safetensors first, e.g. `GptOssForCausalLM.from_pretrained(path)"
+                ".save_pretrained(out, safe_serialization=True)` on a machine you trust"
+            )
+        raise ConversionError(f"no *.safetensors in {path}; expected a Hugging Face checkpoint folder")
+    return files
+
+
+def read_header(file: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` of a safetensors file, from its JSON header alone (no tensor is read)."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {
+        k: (_ST_DTYPES.get(v["dtype"], v["dtype"]), tuple(v["shape"]))
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
+
+
+def expected_hf_shapes(hf: dict, quantized: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor an HF gpt-oss checkpoint of config ``hf`` holds, with its shape.
+
+    With ``quantized`` the expert matrices appear as MXFP4 pairs (``*_blocks [E, out, in/32, 16]`` and
+    ``*_scales [E, out, in/32]``), as in ``openai/gpt-oss-*``; otherwise in transformers' ``[E, in, out]``.
+
+    Examples:
+        python -c "from convert.gpt_oss import *; print(len(expected_hf_shapes(load_hf_config('work/models/gpt-oss-tiny-hf'))))"
+    """
+    h, inter, n = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
+    heads, groups = hf["num_attention_heads"], hf["num_key_value_heads"]
+    hd = hf.get("head_dim") or h // heads
+    e, v = hf["num_local_experts"], hf["vocab_size"]
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not hf.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (v, h)
+    for i in range(n):
+        p = f"model.layers.{i}"
+        shapes.update(
+            {
+                f"{p}.input_layernorm.weight": (h,),
+                f"{p}.post_attention_layernorm.weight": (h,),
+                f"{p}.self_attn.q_proj.weight": (heads * hd, h),
+                f"{p}.self_attn.q_proj.bias": (heads * hd,),
+                f"{p}.self_attn.k_proj.weight": (groups * hd, h),
+                f"{p}.self_attn.k_proj.bias": (groups * hd,),
+                f"{p}.self_attn.v_proj.weight": (groups * hd, h),
+                f"{p}.self_attn.v_proj.bias": (groups * hd,),
+                f"{p}.self_attn.o_proj.weight": (h, heads * hd),
+                f"{p}.self_attn.o_proj.bias": (h,),
+                f"{p}.self_attn.sinks": (heads,),
+                f"{p}.mlp.router.weight": (e, h),
+                f"{p}.mlp.router.bias": (e,),
+                f"{p}.mlp.experts.gate_up_proj_bias": (e, 2 * inter),
+                f"{p}.mlp.experts.down_proj_bias": (e, h),
+            }
+        )
+        for name, d_in, d_out in (("gate_up_proj", h, 2 * inter), ("down_proj", inter, h)):
+            key = f"{p}.mlp.experts.{name}"
+            if quantized:
+                shapes[f"{key}_blocks"] = (e, d_out, d_in // mxfp4.BLOCK, mxfp4.BLOCK // 2)
+                shapes[f"{key}_scales"] = (e, d_out, d_in // mxfp4.BLOCK)
+            else:
+                shapes[key] = (e, d_in, d_out)
+    return shapes
+
+
+def check_hf_checkpoint(path: str | Path) -> dict:
+    """Check an HF gpt-oss folder before any weight is read; return its config as a dict.
+
+    Checks: the folder and ``config.json`` exist; the model type and architecture are gpt-oss; the weights are
+    safetensors (no pickle) and every file the index names is present; the quantisation is MXFP4 or none;
+    and every tensor the config implies is present with the shape the config implies (read from the
+    safetensors headers only). All problems are reported together.
+
+    Examples:
+        python -c "from convert.gpt_oss import check_hf_checkpoint as c; c('work/models/gpt-oss-tiny-hf')"
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ConversionError(
+            f"{path} is not a folder: expected a Hugging Face gpt-oss checkpoint "
+            "(download one with `huggingface-cli download openai/gpt-oss-20b --local-dir PATH`, "
+            "or build the tiny one with `python -m convert.tiny`)"
+        )
+    hf = load_hf_config(path)
+    problems = []
+    archs = hf.get("architectures") or [ARCHITECTURE]
+    if archs != [ARCHITECTURE]:
+        problems.append(f"architectures={archs}; this converter handles [{ARCHITECTURE!r}] only")
+    quant = hf.get("quantization_config") or {}
+    method = quant.get("quant_method")
+    if method not in (None, "mxfp4"):
+        problems.append(
+            f"quantization_config.quant_method={method!r} is not supported; use the original MXFP4 "
+            "checkpoint or a BF16 copy"
+        )
+    headers = {}
+    for file in checkpoint_files(path):
+        headers.update(read_header(file))
+    quantized = any(k.endswith("_blocks") for k in headers)
+    if quantized and method != "mxfp4":
+        problems.append(
+            "tensors are MXFP4 (*_blocks/*_scales) but config.json has no mxfp4 quantization_config"
+        )
+    try:
+        expected = expected_hf_shapes(hf, quantized)
+    except KeyError as e:
+        raise ConversionError(f"{path}/config.json lacks {e}; it is not a complete gpt-oss config") from e
+    missing = sorted(set(expected) - set(headers))
+    extra = sorted(set(headers) - set(expected))
+    bad = [
+        f"{k}: file {headers[k][1]} vs config {expected[k]}"
+        for k in sorted(set(expected) & set(headers))
+        if headers[k][1] != expected[k]
+    ]
+    bad += [
+        f"{k}: dtype {headers[k][0]}, MXFP4 needs uint8"
+        for k in expected
+        if k.endswith(("_blocks", "_scales")) and k in headers and headers[k][0] != "uint8"
+    ]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the config implies are missing: {missing[:6]}")
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) the config does not explain: {extra[:6]}")
+    if bad:
+        problems.append("shapes disagree with config.json:\n    " + "\n    ".join(bad[:8]))
+    if problems:
+        raise ConversionError(
+            f"{path} is not a gpt-oss checkpoint this converter can read:\n  - "
+            + "\n  - ".join(problems)
+            + "\n(config.json and the weights must come from the same model)"
+        )
+    return hf
+
+
+class HFTensors(Mapping):
+    """The tensors of an HF gpt-oss checkpoint as a read-on-demand mapping, in transformers' BF16 layout.
+
+    Nothing is read until a tensor is asked for; each access reads one tensor from its (memory-mapped)
+    safetensors file. MXFP4 ``*_blocks``/``*_scales`` pairs appear under the dense name, dequantised and
+    transposed to ``[E, in, out]``, so callers see one layout whatever the source. Only safetensors are
+    ever opened (no pickle).
+
+    Args:
+        path: The checkpoint folder.
+        dtype: Cast every tensor to this dtype (dequantised experts are produced in it directly).
+
+    Examples:
+        python -c "from convert.gpt_oss import HFTensors; print(HFTensors('work/models/gpt-oss-tiny-hf')['model.norm.weight'])"
+    """
+
+    def __init__(self, path: str | Path, dtype: torch.dtype | None = None):
+        self.path, self.dtype = Path(path), dtype
+        self._file: dict[str, Path] = {}
+        for file in checkpoint_files(self.path):
+            for key in read_header(file):
+                self._file[key] = file
+        self._names = [k for k in self._file if not k.endswith("_scales")]
+        self._names = [k[: -len("_blocks")] if k.endswith("_blocks") else k for k in self._names]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __contains__(self, name):
+        return name in self._file or f"{name}_blocks" in self._file
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if name in self._file:
+            with safe_open(str(self._file[name]), framework="pt", device="cpu") as f:
+                t = f.get_tensor(name)
+            return t if self.dtype is None else t.to(self.dtype)
+        blocks, scales = f"{name}_blocks", f"{name}_scales"
+        if blocks not in self._file:
+            raise KeyError(name)
+        if scales not in self._file:
+            raise ConversionError(f"{self.path}: {blocks} has no {scales} beside it")
+        with safe_open(str(self._file[blocks]), framework="pt", device="cpu") as f:
+            b = f.get_tensor(blocks)
+        with safe_open(str(self._file[scales]), framework="pt", device="cpu") as f:
+            sc = f.get_tensor(scales)
+        try:
+            dense = mxfp4.dequantize(b, sc, self.dtype or torch.bfloat16, scales)
+        except mxfp4.MXFP4Error as e:
+            raise ConversionError(f"{self._file[blocks]}: {e}") from e
+        del b, sc
+        # A view: dense[e] is then expert e's contiguous [out, in] matrix, which is what megatron-core wants,
+        # and no second copy of the layer's experts is made.
+        return dense.transpose(-1, -2)
 
 
 def iter_hf_tensors(path: str | Path, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` of an HF gpt-oss checkpoint, one tensor at a time, in the HF BF16 layout.
-
-    MXFP4 ``*_blocks``/``*_scales`` pairs are dequantised and transposed to ``[E, in, out]``, so callers see
-    one layout whatever the source. No pickle is ever loaded: only ``*.safetensors``.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ConversionError(f"no *.safetensors in {path}; expected a Hugging Face checkpoint folder")
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            for key in keys:
-                if key.endswith("_scales"):
-                    continue
-                if key.endswith("_blocks"):
-                    scale_key = key[: -len("_blocks")] + "_scales"
-                    if scale_key not in keys:
-                        raise ConversionError(f"{file.name}: {key} has no {scale_key} beside it")
-                    dense = dequantize_mxfp4(
-                        f.get_tensor(key), f.get_tensor(scale_key), dtype or torch.bfloat16
-                    )
-                    yield key[: -len("_blocks")], dense.transpose(-1, -2).contiguous()
-                else:
-                    t = f.get_tensor(key)
-                    yield key, t if dtype is None else t.to(dtype)
+    """Yield ``(name, tensor)`` of an HF gpt-oss checkpoint one tensor at a time (see `HFTensors`)."""
+    tensors = HFTensors(path, dtype)
+    for name in tensors:
+        yield name, tensors[name]
 
 
 def _interleave_to_halves(w: torch.Tensor) -> torch.Tensor:
@@ -316,31 +562,52 @@ class McoreNames:
 
 def hf_to_mcore(hf: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[str, torch.Tensor]:
     """Convert an HF gpt-oss state dict (HF BF16 layout) to megatron-core names and layouts."""
+    out = hf_to_mcore_outer(hf, cfg)
+    for i in range(cfg.num_layers):
+        out.update(hf_to_mcore_layer(hf, i, cfg, names))
+    return out
+
+
+def hf_to_mcore_outer(hf: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    """The tensors outside the layers: embeddings, final norm and (untied) output layer."""
     out = {
         "embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
         "decoder.final_layernorm.weight": hf["model.norm.weight"],
     }
     if not cfg.share_embeddings_and_output_weights:
         out["output_layer.weight"] = hf["lm_head.weight"]
-    for i in range(cfg.num_layers):
-        h, p = f"model.layers.{i}", f"decoder.layers.{i}"
-        out[names.input_norm(p)] = hf[f"{h}.input_layernorm.weight"]
-        out[names.mlp_norm(p)] = hf[f"{h}.post_attention_layernorm.weight"]
-        for kind in ("weight", "bias"):
-            out[f"{p}.self_attention.linear_qkv.{kind}"] = merge_qkv(
-                *(hf[f"{h}.self_attn.{x}_proj.{kind}"] for x in "qkv"), cfg
-            )
-            out[f"{p}.self_attention.linear_proj.{kind}"] = hf[f"{h}.self_attn.o_proj.{kind}"]
-            out[f"{p}.mlp.router.{kind}"] = hf[f"{h}.mlp.router.{kind}"]
-        out[f"{p}.self_attention.core_attention.softmax_offset"] = hf[f"{h}.self_attn.sinks"]
-        gate_up, gate_up_b = hf[f"{h}.mlp.experts.gate_up_proj"], hf[f"{h}.mlp.experts.gate_up_proj_bias"]
-        down, down_b = hf[f"{h}.mlp.experts.down_proj"], hf[f"{h}.mlp.experts.down_proj_bias"]
-        for e in range(cfg.num_moe_experts):
-            out[names.expert(p, e, "linear_fc1", "weight")] = _interleave_to_halves(gate_up[e].t())
-            out[names.expert(p, e, "linear_fc1", "bias")] = _interleave_to_halves(gate_up_b[e])
-            out[names.expert(p, e, "linear_fc2", "weight")] = down[e].t()
-            out[names.expert(p, e, "linear_fc2", "bias")] = down_b[e]
     return out
+
+
+def hf_to_mcore_layer(
+    hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
+) -> dict[str, torch.Tensor]:
+    """Layer ``i`` of an HF gpt-oss state dict in megatron-core names and layouts (reads only that layer)."""
+    return dict(iter_mcore_layer(hf, i, cfg, names))
+
+
+def iter_mcore_layer(
+    hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """`hf_to_mcore_layer` one tensor at a time: a consumer that copies each away holds one expert's copy."""
+    h, p = f"model.layers.{i}", f"decoder.layers.{i}"
+    yield names.input_norm(p), hf[f"{h}.input_layernorm.weight"]
+    yield names.mlp_norm(p), hf[f"{h}.post_attention_layernorm.weight"]
+    for kind in ("weight", "bias"):
+        yield (
+            f"{p}.self_attention.linear_qkv.{kind}",
+            merge_qkv(*(hf[f"{h}.self_attn.{x}_proj.{kind}"] for x in "qkv"), cfg),
+        )
+        yield f"{p}.self_attention.linear_proj.{kind}", hf[f"{h}.self_attn.o_proj.{kind}"]
+        yield f"{p}.mlp.router.{kind}", hf[f"{h}.mlp.router.{kind}"]
+    yield f"{p}.self_attention.core_attention.softmax_offset", hf[f"{h}.self_attn.sinks"]
+    gate_up, gate_up_b = hf[f"{h}.mlp.experts.gate_up_proj"], hf[f"{h}.mlp.experts.gate_up_proj_bias"]
+    down, down_b = hf[f"{h}.mlp.experts.down_proj"], hf[f"{h}.mlp.experts.down_proj_bias"]
+    for e in range(cfg.num_moe_experts):
+        yield names.expert(p, e, "linear_fc1", "weight"), _interleave_to_halves(gate_up[e].t())
+        yield names.expert(p, e, "linear_fc1", "bias"), _interleave_to_halves(gate_up_b[e])
+        yield names.expert(p, e, "linear_fc2", "weight"), down[e].t()
+        yield names.expert(p, e, "linear_fc2", "bias"), down_b[e]
 
 
 def mcore_to_hf(mc: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[str, torch.Tensor]:
@@ -394,3 +661,45 @@ def count_parameters(hf_config) -> int:
     layer = attn + experts + router + 2 * h  # two RMSNorm weights
     embeddings = v * h * (1 if hf.get("tie_word_embeddings") else 2)
     return n * layer + embeddings + h  # + final norm
+
+
+def count_nemo_parameters(hf_config) -> int:
+    """Total parameters of the megatron-core model that NeMo builds for an HF gpt-oss config; nothing allocated.
+
+    The config goes through `nemo_config_kwargs` (the mapping the importer uses) into NeMo's ``GPTOSSConfig``,
+    and the model is built on torch's ``meta`` device in a one-process model-parallel group (created here and
+    torn down again when none existed), so the count is what megatron-core really instantiates.
+
+    Examples:
+        python -c "from convert.gpt_oss import count_nemo_parameters as c; print(c('../shared/data/gpt-oss/configs/gpt-oss-20b'))"
+    """
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig
+
+    from recipes import cpu
+
+    kwargs = {**nemo_config_kwargs(load_hf_config(hf_config)), **cpu.CONFIG}
+    if not cpu.cuda_available():
+        kwargs.update(cpu.config_overrides())
+    cfg = GPTOSSConfig(**{**kwargs, "params_dtype": torch.bfloat16})
+    cpu.enable()
+    created = not dist.is_initialized()
+    if created:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    made_groups = not parallel_state.model_parallel_is_initialized()
+    if made_groups:
+        parallel_state.initialize_model_parallel(1, 1)
+    try:
+        with torch.device("meta"):
+            model = cfg.configure_model(None, vp_stage=None)
+        return sum(p.numel() for p in model.parameters())
+    finally:
+        if made_groups:
+            parallel_state.destroy_model_parallel()
+        if created:
+            dist.destroy_process_group()

@@ -3,7 +3,9 @@
 Registers `GptOssHFImporter` as NeMo's ``hf`` importer of ``GPTOSSModel``, so ``llm.import_ckpt`` and
 ``nemo://``/``hf://`` resumes in the recipes use it. It maps the whole HF config (see `convert.gpt_oss`),
 normalises the expert layout of both checkpoint kinds, keeps the source dtype unless told otherwise, and
-never loads pickles.
+never loads pickles or remote code. The checkpoint is checked before anything heavy (`check_hf_checkpoint`),
+read and converted one layer at a time, verified against the source when that is cheap, and published
+atomically (``<out>.partial``, then a rename).
 
 Examples:
     python -m convert.import_hf --hf work/models/gpt-oss-tiny-hf --out work/models/gpt-oss-tiny-nemo
@@ -22,13 +24,21 @@ from nemo.lightning import io, teardown
 
 from convert.gpt_oss import (
     ConversionError,
+    HFTensors,
     McoreNames,
-    hf_to_mcore,
-    iter_hf_tensors,
+    check_hf_checkpoint,
+    count_parameters,
+    hf_to_mcore_outer,
+    iter_mcore_layer,
     load_generation_config,
     nemo_config_from_hf,
 )
 from recipes import cpu
+
+# Verify an import or export by default up to this size: the tiny model takes seconds, 20b would take minutes.
+VERIFY_MAX_PARAMS = 100_000_000
+# fp32 logits of a faithful conversion agree to ~1e-6 (measured 5.4e-7 on the tiny model).
+VERIFY_TOLERANCE = 1e-4
 
 
 @io.model_importer(GPTOSSModel, "hf")
@@ -58,54 +68,120 @@ class GptOssHFImporter(HFGPTOSSImporter):
         return AutoTokenizer(str(self), trust_remote_code=False)
 
     def apply(self, output_path: Path, trust_remote_code: bool | None = None) -> Path:
+        """Convert into ``output_path``, reading and converting one layer at a time.
+
+        Source tensors are read on demand (`HFTensors`) and copied into the target model layer by layer, so
+        the process holds the target model plus one layer's source tensors, never the whole source.
+        """
+        check_hf_checkpoint(str(self))
         self.trust_remote_code = False
         cpu.enable()
         target = self.init()
         trainer = self.nemo_setup(target)
-        module = target.module
-        expected = {k: v for k, v in module.state_dict().items() if not k.endswith("_extra_state")}
-        names = McoreNames(expected)
-        dtype = self.config.params_dtype
-        source = dict(iter_hf_tensors(str(self), dtype=dtype))
-        try:
-            converted = hf_to_mcore(source, self.config, names)
-        except KeyError as e:
-            raise ConversionError(
-                f"{self}: tensor {e} is missing; is this a complete gpt-oss checkpoint?"
-            ) from e
-        _load_exact(module, converted, expected)
-        del source, converted
+        load_hf_weights(target.module, str(self), self.config)
         self.nemo_save(output_path, trainer)
         teardown(trainer, target)
         return output_path
 
 
-def _load_exact(module: torch.nn.Module, converted: dict, expected: dict) -> None:
-    """Copy converted tensors into the module, refusing any missing, extra or misshapen tensor."""
-    missing = sorted(set(expected) - set(converted))
+def load_hf_weights(module: torch.nn.Module, hf_path: str | Path, cfg) -> None:
+    """Fill a built megatron-core gpt-oss ``module`` with the weights of an HF checkpoint, a layer at a time.
+
+    Source tensors are read on demand (`HFTensors`: MXFP4 experts dequantised straight into the model's
+    dtype) and copied into the module's parameters one layer at a time, so beside the module the process
+    holds one layer of source tensors. Every parameter must be filled exactly once, with its exact shape.
+    This is also the way to make a trainable model without an intermediate NeMo checkpoint: build the model
+    as training does, then call this. Tensor, pipeline and expert parallel shards are not handled yet
+    (each rank would take its slice of a layer); those runs import to a checkpoint first.
+
+    Args:
+        module: The megatron-core ``GPTModel`` (``GPTOSSModel.module``).
+        hf_path: Hugging Face gpt-oss folder, MXFP4 or BF16.
+        cfg: The NeMo ``GPTOSSConfig`` the module was built from.
+
+    Examples:
+        python -m convert.import_hf --hf work/models/gpt-oss-tiny-hf --out work/models/gpt-oss-tiny-nemo
+    """
+    sizes = {
+        "tensor": cfg.tensor_model_parallel_size,
+        "pipeline": cfg.pipeline_model_parallel_size,
+        "expert": cfg.expert_model_parallel_size,
+    }
+    if any(v > 1 for v in sizes.values()):
+        raise ConversionError(
+            f"loading HF weights into a sharded model ({sizes}) is not supported; import to a NeMo "
+            "checkpoint with one process (python -m convert.import_hf) and let training reshard it"
+        )
+    expected = {k: v for k, v in module.state_dict().items() if not k.endswith("_extra_state")}
+    names = McoreNames(expected)
+    source = HFTensors(hf_path, dtype=cfg.params_dtype)
+    targets = {**dict(module.named_buffers()), **dict(module.named_parameters())}
+    parts = [lambda: hf_to_mcore_outer(source, cfg).items()]
+    parts += [lambda i=i: iter_mcore_layer(source, i, cfg, names) for i in range(cfg.num_layers)]
+    done: set[str] = set()
+    for part in parts:
+        try:
+            for name, tensor in part():
+                _copy_checked(targets, {name: tensor}, expected)
+                done.add(name)
+                del tensor
+        except KeyError as e:
+            raise ConversionError(
+                f"{hf_path}: tensor {e} is missing; is this a complete gpt-oss checkpoint?"
+            ) from e
+    missing = sorted(set(expected) - done)
+    if missing:
+        raise ConversionError(
+            f"the model built from {hf_path}/config.json has tensors no mapping fills: {missing[:8]}"
+        )
+
+
+def _copy_checked(targets: dict, converted: dict, expected: dict) -> None:
+    """Copy converted tensors into the module's tensors ``targets``, refusing unexpected or misshapen ones."""
     extra = sorted(set(converted) - set(expected))
     bad = [
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(converted))
-        if converted[k].shape != expected[k].shape
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in converted.items()
+        if k in expected and v.shape != expected[k].shape
     ]
-    if missing or extra or bad:
+    if extra or bad:
         raise ConversionError(
             "the checkpoint does not match the model built from its config:"
-            + (f"\n  missing: {missing[:8]}" if missing else "")
             + (f"\n  unexpected: {extra[:8]}" if extra else "")
             + ("\n  shape: " + "\n  shape: ".join(bad[:8]) if bad else "")
         )
     with torch.no_grad():
-        params = dict(module.named_parameters())
-        buffers = dict(module.named_buffers())
         for k, v in converted.items():
-            dst = params.get(k, buffers.get(k))
-            dst.copy_(v.to(dst.dtype))
+            targets[k].copy_(v)
 
 
-def import_hf(hf_path: str | Path, out: str | Path, overwrite: bool = False, **config_overrides) -> Path:
-    """Import ``hf_path`` into a NeMo checkpoint at ``out`` (written to ``out.partial`` then renamed).
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a finished NeMo checkpoint (the last files NeMo writes are present)."""
+    path = Path(path)
+    return (path / "weights" / "metadata.json").exists() and (path / "context" / "io.json").exists()
+
+
+def import_hf(
+    hf_path: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    verify: bool | None = None,
+    **config_overrides,
+) -> Path:
+    """Import ``hf_path`` into a NeMo checkpoint at ``out``; nothing appears at ``out`` unless it succeeds.
+
+    The checkpoint is checked first (files, architecture, tensor names and shapes against the config:
+    `check_hf_checkpoint`), then written to ``<out>.partial``, verified, and renamed to ``out``. An
+    interruption leaves at most ``<out>.partial``, which is never taken for a checkpoint and is replaced by the
+    next import.
+
+    Args:
+        hf_path: Hugging Face gpt-oss folder (MXFP4 or BF16 safetensors).
+        out: NeMo checkpoint folder to write.
+        overwrite: Replace an existing ``out``; without it a complete ``out`` is returned as it is.
+        verify: Compare the import with the source (`convert.verify`) before publishing it; ``None``: only when
+            cheap (models up to ``VERIFY_MAX_PARAMS`` parameters).
+        **config_overrides: NeMo config constructor arguments to apply.
 
     Examples:
         python -m convert.import_hf --hf work/models/gpt-oss-tiny-hf --out work/models/gpt-oss-tiny-nemo
@@ -116,17 +192,38 @@ def import_hf(hf_path: str | Path, out: str | Path, overwrite: bool = False, **c
             f"{hf_path} has no config.json: expected a Hugging Face gpt-oss folder "
             "(build the tiny one with `python -m convert.tiny`)"
         )
+    hf = check_hf_checkpoint(hf_path)
     if out.exists() and not overwrite:
-        return out
+        if is_complete(out):
+            return out
+        raise ConversionError(f"{out} exists but is not a complete NeMo checkpoint; re-run with --overwrite")
+    if verify is None:
+        verify = count_parameters(hf) <= VERIFY_MAX_PARAMS
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    connector = GptOssHFImporter(str(hf_path))
-    connector.config_overrides = dict(config_overrides)
-    connector.apply(tmp)
-    connector.on_import_ckpt(GPTOSSModel(connector.config, tokenizer=connector.tokenizer))
+    try:
+        connector = GptOssHFImporter(str(hf_path))
+        connector.config_overrides = dict(config_overrides)
+        connector.apply(tmp)
+        connector.on_import_ckpt(GPTOSSModel(connector.config, tokenizer=connector.tokenizer))
+        if verify:
+            _verify(hf_path, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _verify(hf_path: Path, nemo_path: Path) -> None:
+    from convert import verify
+
+    report = verify.verify(hf_path, nemo_path)
+    print(f"verify {nemo_path.name} against {hf_path}:\n{report.summary()}")
+    failed = report.failed(VERIFY_TOLERANCE)
+    if failed:
+        raise ConversionError("the import does not reproduce its source:\n  " + "\n  ".join(failed))
 
 
 def main() -> None:
@@ -134,8 +231,11 @@ def main() -> None:
     parser.add_argument("--hf", required=True, help="Hugging Face checkpoint folder")
     parser.add_argument("--out", required=True, help="NeMo checkpoint folder to write")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, default=None, help="default: only for small models"
+    )
     args = parser.parse_args()
-    print(f"NeMo checkpoint: {import_hf(args.hf, args.out, overwrite=args.overwrite)}")
+    print(f"NeMo checkpoint: {import_hf(args.hf, args.out, overwrite=args.overwrite, verify=args.verify)}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Prove a conversion: compare the logits of a NeMo checkpoint with those of a Hugging Face one.
 
 Both models run in fp32 on the same probe prompts (rendered through the checkpoint's own chat template and
-long enough to cross the sliding window). Reports max |diff| and top-1 agreement.
+long enough to cross the sliding window). Reports max |diff| and top-1 agreement of the logits, the cosine of
+every layer's output, the config fields that conversions get wrong (sliding window, YaRN) and the orientation
+of every expert matrix. The other side may be a NeMo checkpoint or an HF folder (an export).
 
 Examples:
     python -m convert.verify --hf work/models/gpt-oss-tiny-hf --nemo work/models/gpt-oss-tiny-nemo
+    python -m convert.verify --hf work/models/gpt-oss-tiny-hf --other work/models/gpt-oss-tiny-exported-hf
 """
 
 from __future__ import annotations
@@ -49,28 +52,58 @@ def probe_ids(tokenizer_dir: str | Path, max_len: int = 96) -> torch.Tensor:
     return torch.tensor([s[:n] for s in seqs], dtype=torch.long)
 
 
-@torch.no_grad()
-def hf_logits(hf_dir: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
+def _load_hf(hf_dir: str | Path):
     from transformers import GptOssForCausalLM
 
+    # An MXFP4 checkpoint is dequantised to bf16 by transformers on a host without a GPU, whatever
+    # torch_dtype says; .float() makes the comparison fp32 on both sides (every MXFP4 value is exact).
     model = GptOssForCausalLM.from_pretrained(
         str(hf_dir), torch_dtype=torch.float32, attn_implementation="eager"
-    )
-    model.eval()
-    return model(input_ids=input_ids).logits.float()
+    ).float()
+    return model.eval()
+
+
+def _record(layers, hidden: list) -> list:
+    def hook(_module, _args, output):
+        hidden.append((output[0] if isinstance(output, tuple) else output).detach().float())
+
+    return [layer.register_forward_hook(hook) for layer in layers]
 
 
 @torch.no_grad()
-def nemo_logits(nemo_dir: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
+def hf_logits(hf_dir: str | Path, input_ids: torch.Tensor, hidden: list | None = None) -> torch.Tensor:
+    """fp32 logits ``[B, T, V]`` of an HF folder; with ``hidden``, each layer's output ``[B, T, H]`` is appended."""
+    model = _load_hf(hf_dir)
+    handles = _record(model.model.layers, hidden) if hidden is not None else []
+    try:
+        return model(input_ids=input_ids).logits.float()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def nemo_logits(nemo_dir: str | Path, input_ids: torch.Tensor, hidden: list | None = None, state=None):
+    """fp32 logits of a NeMo checkpoint; ``hidden`` as in `hf_logits`; ``state`` (a dict) receives the
+    megatron state dict in HF names and layout (for the expert orientation check)."""
     from nemo.lightning import teardown
 
     from convert.export_hf import GptOssHFExporter
 
-    model, trainer = GptOssHFExporter(str(nemo_dir)).load()
+    exporter = GptOssHFExporter(str(nemo_dir))
+    model, trainer = exporter.load()
+    handles = _record(model.module.decoder.layers, hidden) if hidden is not None else []
     try:
-        return forward(model, input_ids)
+        if state is not None:
+            state.update(exporter.hf_state_dict(model))
+        logits = forward(model, input_ids)
     finally:
+        for h in handles:
+            h.remove()
         teardown(trainer, model)
+    if hidden is not None:
+        hidden[:] = [h.transpose(0, 1) for h in hidden]  # megatron-core is [T, B, H]
+    return logits
 
 
 @torch.no_grad()
@@ -114,26 +147,146 @@ def compare(test: torch.Tensor, reference: torch.Tensor) -> Comparison:
     )
 
 
-def verify(hf_dir: str | Path, nemo_dir: str | Path) -> Comparison:
-    """Logits of ``nemo_dir`` against ``hf_dir`` on the probe prompts.
+def layer_cosines(test: list[torch.Tensor], reference: list[torch.Tensor]) -> list[float]:
+    """Per layer, the smallest cosine similarity over tokens between two models' layer outputs."""
+    if len(test) != len(reference):
+        raise ValueError(f"{len(test)} layers vs {len(reference)} layers")
+    cos = torch.nn.functional.cosine_similarity
+    return [cos(a.double(), b.double(), dim=-1).min().item() for a, b in zip(test, reference, strict=False)]
+
+
+@dataclass
+class Check:
+    field: str
+    expected: str
+    actual: str
+    ok: bool
+
+
+def _check(field, expected, actual) -> Check:
+    return Check(field, repr(expected), repr(actual), expected == actual)
+
+
+def config_checks(hf_dir: str | Path, other: str | Path) -> list[Check]:
+    """The config fields that conversions get wrong, ``other`` (NeMo checkpoint or HF folder) against ``hf_dir``.
+
+    Against NeMo: the sliding window (HF W keys -> megatron-core ``(W - 1, 0)``), which layers use it, and
+    every YaRN field including the attention scale (``yarn_mscale``/``yarn_mscale_all_dim``). Against an HF
+    folder: ``sliding_window``, ``layer_types`` and ``rope_scaling``.
+    """
+    from convert.gpt_oss import load_hf_config, nemo_config_kwargs
+
+    hf = load_hf_config(hf_dir)
+    if is_nemo_checkpoint(other):
+        from nemo.lightning import io
+
+        nemo = io.load_context(str(other), subpath="model.config")
+        want = nemo_config_kwargs(hf)
+        fields = ["window_size", "window_attn_skip_freq", "num_moe_experts", "moe_ffn_hidden_size"]
+        fields += sorted(k for k in want if k.startswith("yarn_"))
+        return [_check(f, _plain(want[f]), _plain(getattr(nemo, f))) for f in fields]
+    theirs = load_hf_config(other)
+    fields = ["sliding_window", "layer_types", "rope_scaling", "intermediate_size", "hidden_size"]
+    return [_check(f, hf.get(f), theirs.get(f)) for f in fields]
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def expert_checks(reference, state: dict, num_layers: int) -> list[Check]:
+    """Expert matrices of ``state`` (HF names and layout) equal to the reference's, bit for bit, per layer.
+
+    The decisive orientation check: gpt-oss-20b's ``down_proj`` is square (2880 x 2880), so a transposed
+    expert passes every shape check and only shows in the values.
+    """
+    checks = []
+    for i in range(num_layers):
+        for name in ("gate_up_proj", "down_proj"):
+            key = f"model.layers.{i}.mlp.experts.{name}"
+            ref, got = reference[key].float(), state[key].float()
+            same = ref.shape == got.shape and torch.equal(ref, got)
+            transposed = ref.shape == got.transpose(-1, -2).shape and torch.equal(ref, got.transpose(-1, -2))
+            actual = "same layout" if same else "transposed" if transposed else "different values"
+            checks.append(Check(f"{key} orientation", "same layout", actual, same))
+    return checks
+
+
+def is_nemo_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "context").is_dir() and (path / "weights").is_dir()
+
+
+@dataclass
+class Report:
+    logits: Comparison
+    layer_cosine: list[float]
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failed(self, tolerance: float) -> list[str]:
+        """What fails at logit tolerance ``tolerance`` (empty when everything passes)."""
+        bad = [f"{c.field}: expected {c.expected}, got {c.actual}" for c in self.checks if not c.ok]
+        if self.logits.max_abs_diff > tolerance:
+            bad.append(f"logits differ by {self.logits.max_abs_diff:.3g} > {tolerance:g}")
+        return bad
+
+    def summary(self) -> str:
+        c = self.logits
+        lines = [
+            f"logits: max |diff| {c.max_abs_diff:.2e} (logit scale {c.logit_scale:.2f}), "
+            f"top-1 agreement {c.top1_agreement:.1%} over {c.tokens} tokens",
+            "layer output cosine (min over tokens): " + " ".join(f"{x:.7f}" for x in self.layer_cosine),
+        ]
+        lines += [f"{'ok ' if k.ok else 'BAD'} {k.field}: {k.actual}" for k in self.checks]
+        return "\n".join(lines)
+
+
+def verify(hf_dir: str | Path, other: str | Path) -> Report:
+    """Compare ``other`` (a NeMo checkpoint or an HF folder, e.g. an export) with the HF folder ``hf_dir``.
+
+    Both run in fp32 on the probe prompts: logits (max |diff|, top-1 agreement), each layer's output (cosine),
+    the error-prone config fields, and the orientation of every expert matrix.
 
     Examples:
         python -m convert.verify --hf work/models/gpt-oss-tiny-hf --nemo work/models/gpt-oss-tiny-nemo
+        python -m convert.verify --hf work/models/gpt-oss-tiny-hf --other /tmp/exported-hf
     """
+    from convert.gpt_oss import HFTensors, load_hf_config
+
     ids = probe_ids(hf_dir)
-    return compare(nemo_logits(nemo_dir, ids), hf_logits(hf_dir, ids))
+    ref_hidden, hidden, state = [], [], {}
+    reference = hf_logits(hf_dir, ids, ref_hidden)
+    if is_nemo_checkpoint(other):
+        test = nemo_logits(other, ids, hidden, state)
+    else:
+        test = hf_logits(other, ids, hidden)
+        state = HFTensors(other, torch.float32)
+    n = load_hf_config(hf_dir)["num_hidden_layers"]
+    checks = config_checks(hf_dir, other) + expert_checks(HFTensors(hf_dir, torch.float32), state, n)
+    return Report(compare(test, reference), layer_cosines(hidden, ref_hidden), checks)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Compare NeMo and Hugging Face gpt-oss logits.")
-    parser.add_argument("--hf", required=True)
-    parser.add_argument("--nemo", required=True)
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| accepted (fp32)")
+    parser = argparse.ArgumentParser(
+        description="Compare a NeMo or exported gpt-oss with a Hugging Face one."
+    )
+    parser.add_argument("--hf", required=True, help="reference Hugging Face folder")
+    parser.add_argument("--nemo", help="NeMo checkpoint to check")
+    parser.add_argument("--other", help="or: a Hugging Face folder to check (e.g. an export)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| of fp32 logits accepted")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    result = verify(args.hf, args.nemo)
-    print(json.dumps(asdict(result), indent=2))
-    if result.max_abs_diff > args.tolerance:
-        raise SystemExit(f"logits differ by {result.max_abs_diff:.3g} > {args.tolerance:g}")
+    if bool(args.nemo) == bool(args.other):
+        parser.error("give exactly one of --nemo and --other")
+    report = verify(args.hf, args.nemo or args.other)
+    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
+    failed = report.failed(args.tolerance)
+    if failed:
+        raise SystemExit("verification failed:\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":

@@ -348,6 +348,7 @@ def run_finetune(cfg: DictConfig) -> dict:
         exp_dir / "hf",
         dtype=getattr(torch, cfg.export.dtype) if cfg.export.dtype else None,
         overwrite=True,
+        verify=False,  # checked below against the trained model's own logits, a stricter reference
     )
     summary["hf_export"] = str(out)
     if probe is not None:

@@ -1,0 +1,227 @@
+"""Import and export: atomic outputs, input checks before heavy work, and the verify report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from convert import verify
+from convert.export_hf import GptOssHFExporter, export_hf
+from convert.gpt_oss import ConversionError, check_hf_checkpoint
+from convert.import_hf import GptOssHFImporter, import_hf, is_complete
+from convert.tiny import REPO
+
+# ---------------------------------------------------------------------------------------- atomic writes
+
+
+def test_export_killed_midway_leaves_no_output(tiny_nemo, tmp_path):
+    """A real interruption: the exporting process is killed (SIGKILL) after it has started writing weights."""
+    out = tmp_path / "hf"
+    started = tmp_path / "writing"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        import transformers.modeling_utils as mu
+        from convert.export_hf import export_hf
+
+        real = mu.safe_save_file
+        def slow_save(*args, **kwargs):
+            real(*args, **kwargs)
+            Path({str(started)!r}).touch()
+            time.sleep(300)
+        mu.safe_save_file = slow_save
+        export_hf({str(tiny_nemo)!r}, {str(out)!r}, verify=False)
+        """
+    )
+    # The fixtures' in-process NeMo runs hold a rendezvous port and leave it in os.environ: use another.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not started.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"export never reached the weight write (exit code {proc.poll()})")
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = out.with_name(out.name + ".partial")
+    assert any(partial.glob("*.safetensors"))  # it was killed while writing ...
+    assert not out.exists()  # ... and nothing is published under the requested name
+    # transformers does not take the folder for a checkpoint either, and the next export replaces it.
+    exported = export_hf(tiny_nemo, out, verify=False)
+    assert exported == out and (out / "config.json").exists() and not partial.exists()
+
+
+def test_export_interrupted_in_process_cleans_up(tiny_nemo, tmp_path, monkeypatch):
+    real_apply = GptOssHFExporter.apply
+
+    def apply_then_interrupt(self, output_path):
+        real_apply(self, output_path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GptOssHFExporter, "apply", apply_then_interrupt)
+    out = tmp_path / "hf"
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(tiny_nemo, out, verify=False)
+    assert not out.exists() and not out.with_name("hf.partial").exists()
+
+
+def test_import_interrupted_midway_leaves_no_output(tiny_hf, tmp_path, monkeypatch):
+    import convert.import_hf as importer
+
+    real_layer = importer.iter_mcore_layer
+
+    def fail_on_second_layer(hf, i, cfg, names):
+        if i == 1:
+            raise KeyboardInterrupt
+        return real_layer(hf, i, cfg, names)
+
+    monkeypatch.setattr(importer, "iter_mcore_layer", fail_on_second_layer)
+    out = tmp_path / "nemo"
+    with pytest.raises(KeyboardInterrupt):
+        import_hf(tiny_hf, out, verify=False)
+    assert not out.exists() and not out.with_name("nemo.partial").exists()
+
+
+def test_incomplete_checkpoints_are_not_taken_for_complete(tiny_hf, tiny_nemo, tmp_path):
+    assert is_complete(tiny_nemo)
+    broken = shutil.copytree(tiny_nemo, tmp_path / "broken")
+    (broken / "weights" / "metadata.json").unlink()
+    assert not is_complete(broken)
+    with pytest.raises(FileNotFoundError, match="incomplete NeMo checkpoint.*write it again"):
+        export_hf(broken, tmp_path / "hf")
+    with pytest.raises(ConversionError, match="not a complete NeMo checkpoint; re-run with --overwrite"):
+        import_hf(tiny_hf, broken)
+
+
+# ----------------------------------------------------------------------------- inputs checked up front
+
+
+@pytest.fixture
+def no_model_build(monkeypatch):
+    """Fail the test if the importer gets as far as building the target model."""
+
+    def forbidden(self):
+        raise AssertionError("the model was built before the input was checked")
+
+    monkeypatch.setattr(GptOssHFImporter, "init", forbidden)
+
+
+def _copy(tiny_hf, tmp_path, **config_changes):
+    folder = shutil.copytree(tiny_hf, tmp_path / "hf")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(config_changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_config_disagreeing_with_tensors(tiny_hf, tmp_path, no_model_build):
+    folder = _copy(tiny_hf, tmp_path, intermediate_size=128)
+    with pytest.raises(ConversionError) as e:
+        import_hf(folder, tmp_path / "nemo")
+    msg = str(e.value)
+    assert "gate_up_proj: file (4, 64, 192) vs config (4, 64, 256)" in msg
+    assert "same model" in msg
+    assert not (tmp_path / "nemo").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"architectures": ["LlamaForCausalLM"]}, "architectures=.*GptOssForCausalLM"),
+        ({"model_type": "llama"}, "model_type='llama'.*'gpt_oss' only"),
+        ({"quantization_config": {"quant_method": "gptq"}}, "gptq.*not supported"),
+        ({"num_hidden_layers": 3}, "missing.*model.layers.2"),
+    ],
+)
+def test_unknown_models_are_refused(tiny_hf, tmp_path, no_model_build, change, message):
+    with pytest.raises(ConversionError, match=message):
+        import_hf(_copy(tiny_hf, tmp_path, **change), tmp_path / "nemo")
+
+
+def test_missing_files(tiny_hf, tmp_path, no_model_build):
+    with pytest.raises(ConversionError, match="no config.json.*convert.tiny"):
+        import_hf(tmp_path, tmp_path / "nemo")
+    folder = _copy(tiny_hf, tmp_path)
+    index = {"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConversionError, match="missing file.*incomplete.*huggingface-cli download"):
+        check_hf_checkpoint(folder)
+
+
+def test_pickle_weights_are_never_loaded(tiny_hf, tmp_path, no_model_build):
+    folder = _copy(tiny_hf, tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    with pytest.raises(ConversionError, match="pickle weights.*never loaded.*safetensors"):
+        import_hf(folder, tmp_path / "nemo")
+
+
+def test_remote_code_is_not_trusted(tiny_hf, tmp_path):
+    folder = _copy(tiny_hf, tmp_path)
+    marker = tmp_path / "remote-code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_cfg["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    tokenizer = GptOssHFImporter(str(folder)).tokenizer  # the repository's own code is ignored
+    assert not marker.exists()
+    assert type(tokenizer.tokenizer).__name__ == "PreTrainedTokenizerFast"
+
+
+# ------------------------------------------------------------------------------------------------ verify
+
+
+def test_verify_report_on_the_tiny_import(tiny_hf, tiny_nemo):
+    report = verify.verify(tiny_hf, tiny_nemo)
+    assert report.failed(1e-5) == [], report.summary()
+    assert report.logits.top1_agreement == 1.0 and report.logits.logit_scale > 1.0
+    assert len(report.layer_cosine) == 2 and min(report.layer_cosine) > 1 - 1e-6
+    fields = {c.field: c for c in report.checks}
+    assert fields["window_size"].actual == "[7, 0]"  # HF window 8 keys = megatron (7, 0); stock NeMo: 128
+    assert fields["yarn_mscale_all_dim"].actual == "0.0"  # stock NeMo: 1.0, attention scale off by 1.35x
+    assert sum("orientation" in f for f in fields) == 4
+
+
+def test_verify_catches_wrong_window_and_yarn(tiny_hf, tiny_nemo, tmp_path):
+    rope = json.loads((tiny_hf / "config.json").read_text())["rope_scaling"]
+    folder = _copy(tiny_hf, tmp_path, sliding_window=129, rope_scaling={**rope, "mscale_all_dim": 1.0})
+    bad = {c.field for c in verify.config_checks(folder, tiny_nemo) if not c.ok}
+    assert bad == {"window_size", "yarn_mscale_all_dim"}
+
+
+def test_expert_orientation_check_sees_square_transposes():
+    """gpt-oss-20b's down_proj is square: only the values tell a transposed expert apart."""
+    g = torch.Generator().manual_seed(0)
+    ref = {
+        "model.layers.0.mlp.experts.gate_up_proj": torch.randn(2, 4, 6, generator=g),
+        "model.layers.0.mlp.experts.down_proj": torch.randn(2, 5, 5, generator=g),
+    }
+    swapped = {**ref, "model.layers.0.mlp.experts.down_proj": ref["model.layers.0.mlp.experts.down_proj"].mT}
+    checks = {c.field.split(".")[-1]: c for c in verify.expert_checks(ref, swapped, 1)}
+    assert checks["gate_up_proj orientation"].ok
+    assert not checks["down_proj orientation"].ok and checks["down_proj orientation"].actual == "transposed"
+
+
+def test_export_verifies_itself_by_default(tiny_nemo, tmp_path, capsys):
+    export_hf(tiny_nemo, tmp_path / "hf")
+    out = capsys.readouterr().out
+    assert "verify export" in out and "ok  window_size: [7, 0]" in out and "BAD" not in out
+    report = verify.verify(tmp_path / "hf", tmp_path / "hf")  # HF vs HF: the same report shape
+    assert report.failed(0.0) == [] and report.layer_cosine == [pytest.approx(1.0)] * 2
