@@ -101,7 +101,8 @@ def validate_messages(messages: list[dict]) -> list[str]:
 
 
 def write_jsonl(path: str | Path, examples: Iterable[ChatExample]) -> int:
-    """Write examples atomically (a temporary file renamed into place); returns the count."""
+    """Write examples (or any records with ``to_json()``, e.g. predictions) atomically: a temporary file
+    renamed into place. Returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")

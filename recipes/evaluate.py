@@ -66,7 +66,7 @@ from sklearn.metrics import (
 )
 
 from data_prep.answers import TASKS, AnswerParseError, normalise_answer, parse_answer
-from data_prep.schema import ChatExample, SchemaError, read_jsonl
+from data_prep.schema import ChatExample, SchemaError, read_jsonl, write_jsonl
 from recipes.harmony_text import NoFinalChannel, final_text
 
 STAGES = (1, 2)
@@ -123,16 +123,7 @@ def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> in
     Examples:
         python -c "from recipes.evaluate import Prediction, write_predictions; write_predictions('work/p.jsonl', [Prediction('a', 'tickets', 'm', 1, 'Queue: IT Support')])"
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(p.to_json() + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+    return write_jsonl(path, predictions)
 
 
 @dataclass
