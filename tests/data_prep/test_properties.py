@@ -8,7 +8,7 @@ import functools
 import io
 from datetime import date
 
-from dp_helpers import compose_cfg, read_rejects, read_split_files
+from dp_helpers import HR_COLUMNS, compose_cfg, read_rejects, read_split_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -16,18 +16,7 @@ from omegaconf import OmegaConf
 from data_prep.prepare import run
 from data_prep.table import InputError, read_table
 
-HEADER = [
-    "employee_id",
-    "name",
-    "hire_date",
-    "promotion_date",
-    "title",
-    "department",
-    "region",
-    "performance_rating",
-    "actual_tenure",
-    "attrition",
-]
+HEADER = HR_COLUMNS
 MAX_FIELD = 300
 CORRUPTIONS = [
     "none",
