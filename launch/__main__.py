@@ -119,6 +119,14 @@ def dry_run(cfg: DictConfig, module: str, args: list[str], node_rank: int = 0) -
     return "\n".join(parts) + "\n"
 
 
+def with_run_id(overrides: list[str], cfg: DictConfig) -> list[str]:
+    """The job's overrides with this launch's ``run_id`` fixed, so every process (on every node) writes to and
+    resumes from the same run folder; each would otherwise take its own start time."""
+    if any(o.startswith("run_id=") or o.startswith("run_dir=") for o in overrides):
+        return overrides
+    return [*overrides, f"run_id={cfg.run_id}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m launch", description=__doc__.split("\n\n")[0], epilog="Hydra overrides: key=value ..."
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preflight:
         module, job_args = "launch.preflight", shlex.split(args.preflight_args)
     else:
-        module, job_args = "launch.train", overrides
+        module, job_args = "launch.train", with_run_id(overrides, cfg)
     if args.dry_run:
         print(dry_run(cfg, module, job_args, args.node_rank), end="")
         return 0

@@ -48,13 +48,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def config_overrides() -> dict:
-    """`CONFIG` plus the local attention backend when CUDA is absent, else nothing.
+def config_overrides(cuda: bool | None = None) -> dict:
+    """`CONFIG` plus the local attention backend when CUDA is absent (``cuda``: as if it were present or not),
+    else nothing.
 
     Pass these as constructor arguments of the model config: megatron-core validates them in
     ``__post_init__`` and NeMo records only constructor arguments in a checkpoint's io context.
     """
-    if cuda_available():
+    if cuda_available() if cuda is None else cuda:
         return {}
     from megatron.core.transformer.enums import AttnBackend
 

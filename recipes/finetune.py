@@ -15,7 +15,13 @@ of a config at once, before anything heavy runs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,8 +30,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import recipes.schema  # noqa: F401  (registers finetune_schema)
+from recipes.plan import LORA_TARGETS
 
 PEFT_SCHEMES = ("lora", "none")
+# precision.fp8_recipe -> NeMo's mixed-precision recipe (nemo.collections.llm.recipes.precision.mixed_precision)
+FP8_RECIPES = {
+    "tensorwise": "bf16_with_fp8_current_scaling_mixed",
+    "delayed": "bf16_with_fp8_mixed",
+    "mxfp8": "bf16_with_mxfp8_mixed",
+}
 
 
 class ConfigError(ValueError):
@@ -72,8 +85,33 @@ def validate(cfg: DictConfig) -> None:
             f"data.dataset_root={d.dataset_root} has no train.jsonl: prepare data first "
             "(python -m data_prep ...) or use data=builtin"
         )
+    prec = cfg.precision
+    if prec.base_weights not in ("model", "fp8"):
+        problems.append(
+            f"precision.base_weights={prec.base_weights!r} is unknown; use precision=bf16 or fp8_base"
+        )
+    if prec.base_weights == "fp8" and prec.fp8_recipe not in FP8_RECIPES:
+        problems.append(
+            f"precision.fp8_recipe={prec.fp8_recipe!r} is unknown; use one of {list(FP8_RECIPES)}"
+        )
+    if prec.base_weights == "fp8" and cfg.peft.name != "lora":
+        problems.append(
+            "precision=fp8_base freezes the base weights in FP8: it needs peft=lora (or precision=bf16)"
+        )
+    unknown = sorted(set(cfg.peft.target_modules) - set(LORA_TARGETS))
+    if cfg.peft.name == "lora" and unknown:
+        problems.append(
+            f"peft.target_modules {unknown} match no gpt-oss module; use some of {list(LORA_TARGETS)} "
+            "(peft=lora: attention, peft=lora_experts: attention and experts)"
+        )
     if cfg.trainer.max_steps < 1:
         problems.append(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1")
+    stop = cfg.trainer.stop_at_step
+    if stop is not None and not 1 <= stop <= cfg.trainer.max_steps:
+        problems.append(
+            f"trainer.stop_at_step={stop} must lie in 1..trainer.max_steps={cfg.trainer.max_steps} "
+            "(or be null to train to the end)"
+        )
     if d.seq_length < 16:
         problems.append(f"data.seq_length={d.seq_length} is too short for a harmony prompt; use >= 256")
     if problems:
@@ -87,7 +125,7 @@ def _num_experts(cfg: DictConfig) -> int | None:
     return json.loads(config.read_text())["num_local_experts"] if config.exists() else None
 
 
-def model_config(cfg: DictConfig):
+def model_config(cfg: DictConfig, cuda: bool | None = None):
     """``run.Config`` of the NeMo model: our faithful mapping of the checkpoint's HF config, plus the CPU
     measures when CUDA is absent (given to the constructor so they are recorded in checkpoints)."""
     import nemo_run as run
@@ -96,7 +134,7 @@ def model_config(cfg: DictConfig):
     from convert.gpt_oss import load_generation_config, load_hf_config, nemo_config_kwargs
     from recipes import cpu
 
-    kwargs = {**nemo_config_kwargs(load_hf_config(cfg.model.hf_path)), **cpu.config_overrides()}
+    kwargs = {**nemo_config_kwargs(load_hf_config(cfg.model.hf_path)), **cpu.config_overrides(cuda)}
     kwargs["seq_length"] = cfg.data.seq_length
     kwargs["generation_config"] = load_generation_config(cfg.model.hf_path)
     return run.Config(GPTOSSModel, config=run.Config(GPTOSSConfig, **kwargs))
@@ -121,6 +159,13 @@ def recipe_overrides(cfg: DictConfig) -> list[str]:
         f"optim.lr_scheduler.warmup_steps={t.warmup_steps}",
         f"optim.lr_scheduler.min_lr={t.min_lr}",
         f"log.ckpt.every_n_train_steps={t.checkpoint_every_n_steps}",
+        # The checkpoint written when training ends must hold the optimizer state, or resuming from it fails
+        # with "Different dict keys ... (param_groups vs state)" (model_checkpoint.py:618-619).
+        "log.ckpt.save_optim_on_train_end=True",
+        # Continue from the newest checkpoint of run_dir when there is one (pass run_dir=<an earlier run> or
+        # the same run_id); start from the imported model otherwise.
+        "resume.resume_if_exists=True",
+        "resume.resume_ignore_no_checkpoint=True",
         f"data.micro_batch_size={d.micro_batch_size}",
         f"data.global_batch_size={d.global_batch_size}",
     ]
@@ -147,10 +192,11 @@ def cpu_overrides() -> list[str]:
     ]
 
 
-def build(cfg: DictConfig):
+def build(cfg: DictConfig, cuda: bool | None = None):
     """The NeMo fine-tuning ``run.Partial`` for a composed config (no side effects).
 
     Starts from NeMo's own ``gpt_oss_20b.finetune_recipe`` and applies our deltas with NeMo-Run's parser.
+    ``cuda`` builds the recipe as for a machine with (True) or without (False) CUDA; default: this machine.
 
     Examples:
         python -c "from recipes.finetune import compose, build; print(build(compose()))"
@@ -158,6 +204,7 @@ def build(cfg: DictConfig):
     import nemo_run as run
     from nemo import lightning as nl
     from nemo.collections import llm
+    from nemo.collections.llm.recipes.precision import mixed_precision
 
     from recipes import cpu
     from recipes.chat_data import HarmonyChatDataModule
@@ -170,7 +217,7 @@ def build(cfg: DictConfig):
         peft_scheme=cfg.peft.name,
     )
     recipe.log.explicit_log_dir = str(cfg.run_dir)
-    recipe.model = model_config(cfg)
+    recipe.model = model_config(cfg, cuda)
     recipe.resume.restore_config.path = str(cfg.model.nemo_path)
     recipe.data = run.Config(
         HarmonyChatDataModule,
@@ -190,9 +237,12 @@ def build(cfg: DictConfig):
         recipe.peft.alpha = cfg.peft.alpha
         recipe.peft.dropout = cfg.peft.dropout
     overrides = recipe_overrides(cfg)
-    if not cpu.cuda_available():
+    if not (cpu.cuda_available() if cuda is None else cuda):
         recipe.trainer.plugins = run.Config(nl.MegatronMixedPrecision, precision="32")
         overrides = cpu_overrides() + overrides
+    elif cfg.precision.base_weights == "fp8":
+        # NeMo's own FP8 recipes; each sets fp8_param_gather=True: the parameters themselves are FP8 tensors.
+        recipe.trainer.plugins = getattr(mixed_precision, FP8_RECIPES[cfg.precision.fp8_recipe])()
     return run.cli.parse_cli_args(recipe, overrides)
 
 
@@ -207,14 +257,15 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
 
 
 class Stages:
-    """Prints numbered stages with their wall time, so a long run shows where it is."""
+    """Prints numbered stages with their wall time, so a long run shows where it is (``quiet``: count only)."""
 
-    def __init__(self, total: int):
-        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+    def __init__(self, total: int, quiet: bool = False):
+        self.total, self.n, self.quiet, self.t0 = total, 0, quiet, time.perf_counter()
 
     def start(self, what: str) -> None:
         self.n += 1
-        print(f"\n[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.t0:.0f}s)", flush=True)
+        if not self.quiet:
+            print(f"\n[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.t0:.0f}s)", flush=True)
 
 
 def prepare(cfg: DictConfig, stages: Stages) -> None:
@@ -249,10 +300,111 @@ def prepare(cfg: DictConfig, stages: Stages) -> None:
         print(f"    {split}: {sum(1 for _ in (root / f'{split}.jsonl').open())} examples")
 
 
-class TrainingRecord:
-    """Lightning callback: the training loss of every step and the parameters that train."""
+# Variables torchrun and Lightning read to join a job; a helper process started without them runs alone.
+_LAUNCH_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+)
 
-    def __new__(cls):
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def prepared(cfg: DictConfig) -> bool:
+    """Whether the model, its NeMo import and the data of ``cfg`` are all in place."""
+    return (
+        (Path(cfg.model.hf_path) / "config.json").exists()
+        and (Path(cfg.model.nemo_path) / "weights").exists()
+        and (Path(cfg.data.dataset_root) / "train.jsonl").exists()
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def in_child(function: str, cfg: DictConfig, *args: str) -> None:
+    """Run ``recipes.finetune.<function>(cfg, *args)`` in a fresh Python outside the job's process group.
+
+    The import, merge and export each start their own one-process NeMo trainer, which must not join the
+    running job (torchrun's variables would make it wait for the other ranks).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp, "cfg.yaml")
+        OmegaConf.save(cfg, conf, resolve=True)
+        env = {
+            k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("TORCHELASTIC")
+        }
+        code = "import sys; from recipes import finetune; finetune._child(sys.argv[1:])"
+        subprocess.run([sys.executable, "-c", code, function, str(conf), *args], env=env, check=True)
+
+
+def _child(argv: list[str]) -> None:
+    function, conf, *args = argv
+    cfg = OmegaConf.load(conf)
+    {"prepare": lambda: prepare(cfg, Stages(6)), "export": lambda: export(cfg, Path(args[0]))}[function]()
+
+
+def prepare_once(cfg: DictConfig, stages: Stages) -> None:
+    """`prepare` in a one-process run; in a launched job, the first process to get the lock prepares (in a
+    child process) and the others find everything in place. Nodes that share the work folder prepare once."""
+    if world_size() == 1:
+        prepare(cfg, stages)
+        return
+    with _file_lock(Path(cfg.work_dir) / ".prepare.lock"):
+        if not prepared(cfg):
+            in_child("prepare", cfg)
+    stages.n += 3
+    if not stages.quiet:
+        print(f"\n[1-3/{stages.total}] model, NeMo import and data: in place", flush=True)
+
+
+def breakdown(trainable: dict[str, int]) -> dict[str, int]:
+    """Trainable parameter counts by part of the model: attention, router, experts, the rest."""
+    parts = dict.fromkeys(("attention", "router", "experts", "embeddings/norms/output"), 0)
+    for name, n in trainable.items():
+        part = next(
+            (
+                p
+                for p in ("attention", "router", "experts")
+                if f".{p}." in name.replace("self_attention", "attention")
+            ),
+            None,
+        )
+        parts[part or "embeddings/norms/output"] += n
+    return parts
+
+
+class TrainingRecord:
+    """Lightning callback: the loss of every step, the parameters that train, and the first step of the run
+    (above 0 when it resumed). With ``stop_at_step`` it ends training after that step, as a preemption would,
+    keeping the schedule of ``max_steps``."""
+
+    def __new__(cls, stop_at_step: int | None = None):
         from lightning.pytorch import Callback
 
         class _Record(Callback):
@@ -260,18 +412,51 @@ class TrainingRecord:
                 self.losses: list[float] = []
                 self.trainable: dict[str, int] = {}
                 self.total_params = 0
+                self.first_step: int | None = None
 
             def on_train_start(self, trainer, pl_module):
+                self.first_step = trainer.global_step
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if self.total_params:  # counted at the first batch: a resumed PEFT run adds adapters late
+                    return
                 params = list(pl_module.named_parameters())
                 self.total_params = sum(p.numel() for _, p in params)
                 self.trainable = {n: p.numel() for n, p in params if p.requires_grad}
+                if trainer.global_rank == 0:
+                    parts = " | ".join(f"{k} {v:,}" for k, v in breakdown(self.trainable).items())
+                    print(
+                        f"    trainable parameters (this rank): {parts} (of {self.total_params:,})",
+                        flush=True,
+                    )
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 loss = trainer.callback_metrics.get("reduced_train_loss")
                 if loss is not None:
                     self.losses.append(float(loss))
+                if stop_at_step is not None and trainer.global_step >= stop_at_step:
+                    trainer.should_stop = True
 
         return _Record()
+
+
+class SeedBeforeAdapters:
+    """Lightning callback: reseed torch when fitting starts, after the model is built and before NeMo adds the
+    LoRA adapters (at the first validation or training epoch start).
+
+    Building the model draws from the random generator once per local expert, so without it the adapters'
+    initial values would depend on the expert-parallel size: the same run at EP=1 and EP=2 would start from
+    different adapters and follow different loss curves."""
+
+    def __new__(cls, seed: int):
+        import torch
+        from lightning.pytorch import Callback
+
+        class _Seed(Callback):
+            def on_fit_start(self, trainer, pl_module):
+                torch.manual_seed(seed)
+
+        return _Seed()
 
 
 def last_checkpoint(exp_dir: str | Path) -> Path:
@@ -281,84 +466,120 @@ def last_checkpoint(exp_dir: str | Path) -> Path:
     return ckpts[-1]
 
 
+def export(cfg: DictConfig, ckpt: Path) -> dict:
+    """Merge LoRA adapters (if any) and write the Hugging Face export of a trained checkpoint."""
+    import torch
+
+    import convert.export_hf  # noqa: F401  (registers our gpt-oss exporter with NeMo)
+    from convert.export_hf import export_hf
+
+    exp_dir, out = Path(cfg.run_dir), {}
+    to_export = ckpt
+    if cfg.peft.name == "lora":
+        from convert.merge_lora import merge_lora
+
+        to_export = merge_lora(ckpt, exp_dir / "merged")
+        out["merged"] = str(to_export)
+    out["hf_export"] = str(
+        export_hf(
+            to_export,
+            exp_dir / "hf",
+            dtype=getattr(torch, cfg.export.dtype) if cfg.export.dtype else None,
+            overwrite=True,
+            verify=False,  # checked against the trained model's own logits, a stricter reference
+        )
+    )
+    return out
+
+
 def run_finetune(cfg: DictConfig) -> dict:
-    """Run every stage for a composed config and return a summary of where everything went."""
+    """Run every stage for a composed config and return a summary of where everything went.
+
+    In a launched job every process trains; the first one (rank 0) merges, exports and writes the summary.
+    """
     import fiddle as fdl
 
-    import convert.export_hf  # noqa: F401  (registers our gpt-oss importer and exporter with NeMo)
-    import convert.import_hf  # noqa: F401
+    import convert.import_hf  # noqa: F401  (registers our gpt-oss importer with NeMo)
     from convert import verify
-    from recipes import cpu
+    from recipes import cpu, upstream
 
     validate(cfg)
     from recipes.plan import PlanError, check
 
+    leader = global_rank() == 0
     try:
-        check(cfg)
+        check(cfg, out=sys.stdout if leader else io.StringIO())
     except PlanError as e:
         if cfg.plan.enforce:
             raise ConfigError(str(e)) from None
         print(f"memory plan (not enforced): {e}")
+    if cfg.precision.base_weights == "fp8" and not cpu.cuda_available():
+        raise ConfigError(
+            "precision=fp8_base needs a GPU with Transformer Engine (FP8 parameters and GEMMs); "
+            "on this machine use precision=bf16"
+        )
     cpu.enable()
-    stages = Stages(6 if cfg.export.enabled else 4)
-    prepare(cfg, stages)
+    upstream.apply()
+    stages = Stages(6 if cfg.export.enabled else 4, quiet=not leader)
+    prepare_once(cfg, stages)
 
     stages.start(
-        f"llm.finetune ({'LoRA' if cfg.peft.name == 'lora' else 'full SFT'}, {cfg.trainer.max_steps} steps)"
+        f"llm.finetune ({'LoRA' if cfg.peft.name == 'lora' else 'full SFT'}, {cfg.trainer.max_steps} steps"
+        + (f", stopping after step {cfg.trainer.stop_at_step}" if cfg.trainer.stop_at_step else "")
+        + (f", {world_size()} processes" if world_size() > 1 else "")
+        + ")"
     )
     fn = fdl.build(build(cfg))
-    record = TrainingRecord()
+    record = TrainingRecord(cfg.trainer.stop_at_step)
     fn.keywords["trainer"].callbacks.append(record)
+    if cfg.peft.name == "lora":
+        fn.keywords["trainer"].callbacks.append(SeedBeforeAdapters(cfg.seed))
     probe = None
     if cfg.export.enabled and cfg.export.verify:
         probe = verify.probe_callback(verify.probe_ids(cfg.model.hf_path))
         fn.keywords["trainer"].callbacks.append(probe)
     fn()
     exp_dir = Path(cfg.run_dir)
-    ckpt = last_checkpoint(exp_dir)
     summary = {
         "run_dir": str(exp_dir),
-        "checkpoint": str(ckpt),
+        "checkpoint": str(last_checkpoint(exp_dir)),
+        "first_step": record.first_step,
         "losses": record.losses,
         "trainable_params": sum(record.trainable.values()),
         "total_params": record.total_params,
+        "trainable_by_part": breakdown(record.trainable),
         "trainable_names": sorted(record.trainable),
+        "processes": world_size(),
     }
+    if not leader:
+        return summary
+    resumed = f" (resumed at step {record.first_step})" if record.first_step else ""
     print(
-        f"    loss {record.losses[0]:.3f} -> {record.losses[-1]:.3f}; trained "
+        f"    loss {record.losses[0]:.3f} -> {record.losses[-1]:.3f}{resumed}; trained "
         f"{summary['trainable_params']:,} of {record.total_params:,} parameters"
     )
     if not cfg.export.enabled:
         return summary
 
-    stages.start("LoRA merge" if cfg.peft.name == "lora" else "merge: not needed for full SFT")
-    to_export = ckpt
-    if cfg.peft.name == "lora":
-        from convert.merge_lora import merge_lora
-
-        to_export = merge_lora(ckpt, exp_dir / "merged")
-        summary["merged"] = str(to_export)
-    stages.start("Hugging Face export")
-    import torch
-
-    from convert.export_hf import export_hf
-
-    out = export_hf(
-        to_export,
-        exp_dir / "hf",
-        dtype=getattr(torch, cfg.export.dtype) if cfg.export.dtype else None,
-        overwrite=True,
-        verify=False,  # checked below against the trained model's own logits, a stricter reference
-    )
-    summary["hf_export"] = str(out)
+    stages.start("LoRA merge and Hugging Face export" if cfg.peft.name == "lora" else "Hugging Face export")
+    if world_size() > 1:
+        in_child("export", cfg, summary["checkpoint"])
+        summary["hf_export"] = str(exp_dir / "hf")
+        if cfg.peft.name == "lora":
+            summary["merged"] = str(exp_dir / "merged")
+    else:
+        summary.update(export(cfg, Path(summary["checkpoint"])))
+    stages.start("check: exported model against the trained one")
     if probe is not None:
         ids = verify.probe_ids(cfg.model.hf_path)
-        result = verify.compare(verify.hf_logits(out, ids), probe.logits)
+        result = verify.compare(verify.hf_logits(summary["hf_export"], ids), probe.logits)
         summary["export_vs_trained_logits"] = asdict(result)
         print(
             f"    exported vs trained logits: max |diff| {result.max_abs_diff:.2e} "
             f"(logit scale {result.logit_scale:.2f}), top-1 agreement {result.top1_agreement:.0%}"
         )
+    else:
+        print("    skipped (export.verify=false)")
     return summary
 
 
@@ -368,11 +589,15 @@ def main(cfg: DictConfig) -> None:
         summary = run_finetune(cfg)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    if global_rank() != 0:
+        return
     print("\nDone. Outputs:")
     for key, value in summary.items():
         if isinstance(value, str):
             print(f"  {key:>12}: {value}")
     Path(summary["run_dir"], "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.trainer.stop_at_step and cfg.trainer.stop_at_step < cfg.trainer.max_steps:
+        print(f"\nStopped after step {cfg.trainer.stop_at_step}; continue with: run_id={cfg.run_id}")
     if "hf_export" in summary:
         print(
             "\nNext:\n"

@@ -8,7 +8,7 @@ memory needed while loading. An infeasible plan is refused with the numbers and 
     python -m recipes.plan                                        # the tiny default on this machine
     python -m recipes.plan experiment=spark_20b_lora              # a shipped preset
     python -m recipes.plan model=gpt_oss_120b peft=lora cluster=spark_pair parallel.expert_model_parallel_size=2
-    python -m recipes.plan experiment=spark_pair_120b_lora_fp8 plan.base_weights=bf16   # refused, with a fix
+    python -m recipes.plan experiment=spark_pair_120b_lora_fp8 precision=bf16   # refused, with a fix
 
 Units are decimal: 1 GB = 1e9 bytes, as the device profiles are quoted (H100 80 GB, Spark ~121 GB).
 """
@@ -361,7 +361,8 @@ def estimate(plan: Plan) -> Estimate:
     weights 2 bytes, gradients 4 (the fp32 main-grad buffer), optimizer 12 (fp32 master, m and v) divided
     by the data-parallel size when the optimizer is distributed. Only trainable parameters have gradients
     and optimizer states. In fp32 (CPU) weights and gradients are 4 bytes and Adam adds 8 (m and v, no
-    master copy). Frozen FP8 base weights store attention and expert matrices in 1 byte (per-tensor scale).
+    master copy). Frozen FP8 base weights store attention and expert matrices in 1 byte (per-tensor scale),
+    except the first and last layer's, which stay BF16.
 
     Examples:
         python -m recipes.plan experiment=spark_pair_120b_lora_fp8
@@ -371,8 +372,15 @@ def estimate(plan: Plan) -> Estimate:
     params = parameters_per_device(plan)
     total = sum(params.values())
     matrices = params["attention matrices"] + params["expert matrices"]
-    weight_bytes = 1 if plan.base_weights == "fp8" else a
-    weights = matrices * weight_bytes + (total - matrices) * a
+    if plan.base_weights == "fp8":
+        # NeMo's current-scaling FP8 recipe keeps the first and last transformer layers in BF16
+        # (first_last_layers_bf16); counted for every FP8 recipe, an upper bound for the others.
+        bf16_layers = min(plan.layers_per_stage, 2 if plan.pp == 1 else 1)
+        fp8_matrices = matrices * (1 - bf16_layers / plan.layers_per_stage)
+        weights = fp8_matrices + (total - fp8_matrices) * a
+    else:
+        fp8_matrices = 0
+        weights = total * a
 
     experts = params["expert matrices"] + params["expert biases"]
     master = 4 if a < 4 else 0
@@ -403,7 +411,7 @@ def estimate(plan: Plan) -> Estimate:
             "weights",
             weights,
             f"{_count(total)} params/device"
-            + (f", {_count(matrices)} of them in fp8" if plan.base_weights == "fp8" else f" x {a} B"),
+            + (f", {_count(fp8_matrices)} of them in fp8" if plan.base_weights == "fp8" else f" x {a} B"),
         ),
         (
             "gradients",
@@ -450,7 +458,7 @@ def problems(plan: Plan, est: Estimate | None = None) -> list[str]:
     s = plan.shape
     out = []
     if plan.base_weights == "fp8" and plan.peft != "lora":
-        out.append("plan.base_weights=fp8 freezes the base weights; it needs peft=lora")
+        out.append("precision=fp8_base freezes the base weights in FP8; it needs peft=lora")
     if s.experts % plan.ep:
         divisors = [k for k in range(1, s.experts + 1) if s.experts % k == 0 and k <= plan.world]
         out.append(
@@ -501,7 +509,7 @@ def _moves(plan: Plan) -> list[tuple[str, dict]]:
     if plan.peft == "none":
         moves.append(("peft=lora", {"peft": "lora"}))
     if plan.peft == "lora" and plan.base_weights != "fp8":
-        moves.append(("plan.base_weights=fp8", {"base_weights": "fp8"}))
+        moves.append(("precision=fp8_base", {"base_weights": "fp8"}))
     room = plan.world // (plan.etp * plan.pp)
     for ep in range(plan.ep + 1, room + 1):
         if plan.shape.experts % ep == 0 and room % ep == 0:
@@ -545,7 +553,7 @@ def plan_from_cfg(cfg: DictConfig) -> Plan:
         micro_batch=d.micro_batch_size,
         global_batch=d.global_batch_size,
         seq_length=d.seq_length,
-        base_weights=settings.get("base_weights", "model"),
+        base_weights=cfg.precision.base_weights if "precision" in cfg else "model",
         recompute=settings.get("recompute", "none"),
         load=settings.get("load", "whole"),
     )

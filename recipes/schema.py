@@ -53,6 +53,9 @@ class TrainerConf:
     limit_val_batches: int = 4
     log_every_n_steps: int = 1
     checkpoint_every_n_steps: int = 50
+    # End this run after this step with a checkpoint, keeping the learning-rate schedule of max_steps (e.g. a
+    # long schedule split over time-limited jobs); the next run with the same run_id continues from it.
+    stop_at_step: int | None = None
     warmup_steps: int = 0
     min_lr: float = 0.0
 
@@ -100,8 +103,14 @@ class ClusterConf:
 
 
 @dataclass
+class PrecisionConf:
+    name: str = MISSING
+    base_weights: str = "model"  # model (BF16 on a GPU) | fp8 (frozen base weights in FP8, LoRA only)
+    fp8_recipe: str = "tensorwise"  # tensorwise (current scaling) | delayed | mxfp8 (Blackwell: GB10, B200)
+
+
+@dataclass
 class PlanConf:
-    base_weights: str = "model"  # model (the checkpoint's dtype) | fp8 (frozen base weights, LoRA only)
     recompute: str = "none"  # none | full (store only each layer's input; recompute the rest in backward)
     load: str = "whole"  # whole (a rank reads its whole shard first) | layerwise (one layer at a time)
     enforce: bool = True  # refuse an infeasible plan before launching
@@ -118,6 +127,7 @@ class ExportConf:
 class FinetuneConf:
     work_dir: str = "work"
     run_name: str = MISSING
+    run_id: str = MISSING  # the same in every process of a run; an earlier run's id resumes that run
     run_dir: str = MISSING
     seed: int = 1234
     model: ModelConf = field(default_factory=ModelConf)
@@ -126,6 +136,7 @@ class FinetuneConf:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     parallel: ParallelConf = field(default_factory=ParallelConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
+    precision: PrecisionConf = field(default_factory=PrecisionConf)
     export: ExportConf = field(default_factory=ExportConf)
     plan: PlanConf = field(default_factory=PlanConf)
     # Further deltas on the NeMo recipe, applied last with NeMo-Run's own parser (every key is checked

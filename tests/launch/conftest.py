@@ -10,6 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO.parent / "shared" / "data" / "gpt-oss" / "configs"
+LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "SLURM_ACCOUNT")
 
 
 @pytest.fixture(autouse=True)
@@ -19,12 +20,17 @@ def nemorun_home(tmp_path, monkeypatch):
     # Presets name the real models; without their configs the planner falls back to nothing, so skip.
     for var, name in (("GPT_OSS_20B", "gpt-oss-20b"), ("GPT_OSS_120B", "gpt-oss-120b")):
         monkeypatch.setenv(var, str(CONFIGS / name))
-    for var in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "SLURM_ACCOUNT"):
-        monkeypatch.delenv(var, raising=False)
+    # The pair executor sets the rendezvous variables in this process's environment for NeMo-Run's torchrun
+    # component; they must not leak into later tests (a stray NODE_RANK=1 makes a one-process run rank 1).
+    saved = {var: os.environ.pop(var, None) for var in LAUNCH_VARS}
     # NeMo-Run's LocalTunnel runs shell commands through invoke, which forwards stdin; pytest's is closed.
     with open(os.devnull) as devnull:
         monkeypatch.setattr(sys, "stdin", devnull)
         yield tmp_path / "nemo_run"
+    for var, value in saved.items():
+        os.environ.pop(var, None)
+        if value is not None:
+            os.environ[var] = value
 
 
 @pytest.fixture

@@ -6,11 +6,12 @@ One run per scheme (module-scoped), shared by the assertions below.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from recipes.finetune import ConfigError, compose, run_finetune, validate
+from recipes.finetune import ConfigError, build, compose, run_finetune, validate
 
 STEPS = 12
 
@@ -34,6 +35,11 @@ def _run(tmp_path_factory, tiny_hf, tiny_nemo, peft):
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory, tiny_hf, tiny_nemo):
     return _run(tmp_path_factory, tiny_hf, tiny_nemo, "lora")
+
+
+@pytest.fixture(scope="module")
+def lora_experts(tmp_path_factory, tiny_hf, tiny_nemo):
+    return _run(tmp_path_factory, tiny_hf, tiny_nemo, "lora_experts")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +73,32 @@ def test_lora_trains_only_adapters(lora):
     assert summary["trainable_params"] == _expected_lora_params(cfg) == 8192
     assert all(".adapter." in name for name in summary["trainable_names"])
     assert summary["total_params"] > 30 * summary["trainable_params"]
+    assert summary["trainable_by_part"] == {
+        "attention": 8192,
+        "router": 0,
+        "experts": 0,
+        "embeddings/norms/output": 0,
+    }
+
+
+def test_lora_on_experts_trains_one_adapter_pair_per_expert_and_exports_exactly(lora_experts):
+    cfg, summary = lora_experts
+    s, r = cfg.model.tiny, cfg.peft.dim
+    h, i = s.hidden_size, s.intermediate_size
+    # Per expert: fc1 A [r, H] + B [2I, r] (gate and up fused), fc2 A [r, I] + B [H, r].
+    per_expert = r * h + 2 * i * r + r * i + h * r
+    experts = s.num_hidden_layers * s.num_local_experts * per_expert
+    assert summary["trainable_by_part"] == {
+        "attention": 8192,
+        "router": 0,
+        "experts": experts,
+        "embeddings/norms/output": 0,
+    }
+    assert experts == 26_624 and summary["trainable_params"] == 34_816
+    assert _mean(summary["losses"][-3:]) < 0.85 * _mean(summary["losses"][:3])
+    # The merge folds every expert's adapters into its weights; the export still equals the trained model.
+    result = summary["export_vs_trained_logits"]
+    assert result["max_abs_diff"] <= 1e-5 and result["top1_agreement"] == 1.0, result
 
 
 def test_lora_export_matches_trained_model(lora):
@@ -83,6 +115,8 @@ def test_full_sft_loss_falls_and_everything_trains(sft):
     losses = summary["losses"]
     assert _mean(losses[-3:]) < 0.7 * _mean(losses[:3]), losses
     assert summary["trainable_params"] == summary["total_params"]
+    parts = summary["trainable_by_part"]
+    assert min(parts.values()) > 0 and sum(parts.values()) == summary["total_params"]
     result = summary["export_vs_trained_logits"]
     assert result["max_abs_diff"] <= 1e-5, result
 
@@ -106,9 +140,51 @@ def test_validate_lists_every_problem(tmp_path):
         assert needle in text, needle
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["peft.target_modules=[linear_q,linear_proj]"], "['linear_q'] match no gpt-oss module"),
+        (
+            ["peft=none", "precision=fp8_base"],
+            "precision=fp8_base freezes the base weights in FP8: it needs peft=lora",
+        ),
+        (["precision=fp8_base", "precision.fp8_recipe=fp4"], "precision.fp8_recipe='fp4' is unknown"),
+        (
+            ["trainer.stop_at_step=40", "trainer.max_steps=30"],
+            "trainer.stop_at_step=40 must lie in 1..trainer.max_steps=30",
+        ),
+    ],
+)
+def test_validate_names_the_fix(overrides, needle, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate(compose([f"work_dir={tmp_path}", *overrides]))
+
+
 @pytest.mark.parametrize("override", ["trainer.max_stepz=3", "trainer.max_steps=many", "peft.dim=1.5"])
 def test_schema_rejects_typos_and_wrong_types(override):
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
         compose([override])
+
+
+PARALLEL = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "parallel").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_every_parallel_layout_validates_and_builds_for_20b_on_eight_gpus(parallel, monkeypatch):
+    configs = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpt-oss" / "configs" / "gpt-oss-20b"
+    if not configs.is_dir():
+        pytest.skip(f"real gpt-oss-20b config not present at {configs}")
+    monkeypatch.setenv("GPT_OSS_20B", str(configs))
+    cfg = compose(
+        ["model=gpt_oss_20b", f"parallel={parallel}", "cluster=h100_8x", "data.global_batch_size=64"]
+    )
+    validate(cfg)
+    strategy = build(cfg, cuda=True).trainer.strategy
+    p = cfg.parallel
+    assert (strategy.tensor_model_parallel_size, strategy.expert_model_parallel_size) == (
+        p.tensor_model_parallel_size,
+        p.expert_model_parallel_size,
+    )
+    assert strategy.sequence_parallel == p.sequence_parallel

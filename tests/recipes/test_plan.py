@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 
 from convert.gpt_oss import count_parameters
 from recipes.plan import (
@@ -25,6 +25,7 @@ from recipes.plan import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
 CONFIGS = SHARED_DATA / "gpt-oss" / "configs"
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 GB = 1e9
@@ -130,42 +131,46 @@ def test_expert_parallel_that_does_not_divide_the_experts_is_refused(tmp_path):
 
 def test_120b_lora_on_two_sparks_needs_fp8_base_weights(real_models):
     base = ["experiment=spark_pair_120b_lora_fp8"]
-    bf16 = plan_from_cfg(compose([*base, "plan.base_weights=model", "plan.load=whole"]))
+    bf16 = plan_from_cfg(compose([*base, "precision=bf16", "plan.load=whole"]))
     est = estimate(bf16)
     # 59.5B parameters per node at EP=2 -> ~119 GB in BF16 before anything else, of ~121 GB.
     assert est.params_per_device == pytest.approx(59.5e9, rel=0.01)
     assert est.weights == pytest.approx(119e9, rel=0.01)
     with pytest.raises(PlanError) as refused:
-        check(compose([*base, "plan.base_weights=model", "plan.load=whole"]), out=sys.stderr)
+        check(compose([*base, "precision=bf16", "plan.load=whole"]), out=sys.stderr)
     text = str(refused.value)
     assert "training needs 136." in text and "spark has 121.0 GB" in text
-    assert "nearest feasible plan: plan.load=layerwise plan.base_weights=fp8" in text
+    assert "nearest feasible plan: plan.load=layerwise precision=fp8_base" in text
 
     fp8 = plan_from_cfg(compose(base))
     assert (fp8.base_weights, fp8.ep, fp8.load) == ("fp8", 2, "layerwise")
     assert not problems(fp8)
-    assert estimate(fp8).device_total == pytest.approx(77.9e9, rel=0.01)
+    # 55.0B matrices in FP8 (all but the first and last layer) + 4.4B parameters in BF16 + activations + reserve
+    assert estimate(fp8).weights == pytest.approx(55.048e9 + 2 * 4.430e9, rel=0.001)
+    assert estimate(fp8).device_total == pytest.approx(81.1e9, rel=0.01)
 
 
 def test_fp8_needs_a_layerwise_load_on_unified_memory(real_models):
     plan = plan_from_cfg(compose(["experiment=spark_pair_120b_lora_fp8", "plan.load=whole"]))
     (message,) = problems(plan)
-    assert message.startswith("loading needs 179.") and "plan.load=whole" in message
-
-
-EXPECTED_REFUSED = {"spark_pair_20b_sft_ep2": "nearest feasible plan: peft=lora"}
+    assert message.startswith("loading needs 182.9") and "plan.load=whole" in message
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_plans(preset, real_models, capsys):
-    cfg = compose([f"experiment={preset}"])
-    if preset in EXPECTED_REFUSED:
-        with pytest.raises(PlanError, match=EXPECTED_REFUSED[preset]):
-            check(cfg)
-    else:
-        plan = check(cfg)
-        assert estimate(plan).device_total < plan.profile.device_bytes
+    plan = check(compose([f"experiment={preset}"]))
+    assert estimate(plan).device_total < plan.profile.device_bytes
     assert "memory plan:" in capsys.readouterr().out
+
+
+def test_full_sft_of_20b_with_ep2_on_the_pair_is_refused(real_models, capsys):
+    with pytest.raises(PlanError) as refused:
+        check(compose(["experiment=spark_pair_20b_lora_experts_ep2", "peft=none"]))
+    text = str(refused.value)
+    assert "training needs 206.8 GB per node (unified memory); spark has 121.0 GB" in text
+    assert "nearest feasible plan: peft=lora" in text
+    out = capsys.readouterr().out
+    assert re.search(r"optimizer\s+125\.489\s+Adam 12 B/param, sharded over DP 2 / expert DP 1", out), out
 
 
 def test_cli_refuses_with_the_numbers_and_a_fix(real_models):
@@ -175,7 +180,7 @@ def test_cli_refuses_with_the_numbers_and_a_fix(real_models):
             "-m",
             "recipes.plan",
             "experiment=spark_pair_120b_lora_fp8",
-            "plan.base_weights=model",
+            "precision=bf16",
         ],
         capture_output=True,
         text=True,
@@ -184,4 +189,4 @@ def test_cli_refuses_with_the_numbers_and_a_fix(real_models):
     )
     assert result.returncode == 1
     assert "memory plan: 116.829B-param gpt-oss, lora | 2 node(s) x 1 spark" in result.stdout
-    assert "nearest feasible plan: plan.base_weights=fp8" in result.stderr
+    assert "nearest feasible plan: precision=fp8_base" in result.stderr

@@ -1,0 +1,56 @@
+"""Fixes for NeMo 2.7.3 defects that hit multi-process runs and resumes on every device.
+
+Unlike `recipes.cpu`, these are applied on GPUs too: each fixes behaviour that is wrong whatever the hardware.
+
+- Resume replays a batch: ``MegatronPretrainingBatchSampler.__len__``
+  (nemo/collections/common/data/data_samplers.py:333-345) counts only the batches left after a resume, while
+  Lightning adds the finished ones back (training_epoch_loop.py:182); the epoch ends early and the next one
+  restarts at the resume point, so one global batch is trained twice. The length becomes the whole epoch.
+- Checkpoint saves hang with several processes: NeMo's ``ProgressPrinter`` (a progress bar, so rank 0 only)
+  logs megatron's timers every step (progress_printer.py:153-155), which all-gathers on the WORLD group
+  (megatron/core/timers.py:297-304) from rank 0 alone. Rank 0 then runs one collective ahead of the others and
+  the next WORLD collective (the checkpoint's broadcast in ModelCheckpoint.file_exists) never pairs up. With
+  more than one process the timers are not logged from the progress bar.
+
+Examples:
+    python -c "import recipes.upstream as u; u.apply()"
+"""
+
+from __future__ import annotations
+
+_APPLIED = False
+
+
+def apply() -> None:
+    """Install both fixes (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _APPLIED = True
+    _full_epoch_length()
+    _timers_logged_only_alone()
+
+
+def _full_epoch_length() -> None:
+    from nemo.collections.common.data.data_samplers import MegatronPretrainingBatchSampler
+
+    def __len__(self) -> int:  # noqa: N807
+        if self.drop_last:
+            return self.total_samples // self.global_batch_size
+        return (self.total_samples + self.global_batch_size - 1) // self.global_batch_size
+
+    MegatronPretrainingBatchSampler.__len__ = __len__
+
+
+def _timers_logged_only_alone() -> None:
+    import torch.distributed as dist
+    from nemo.lightning.pytorch.callbacks.progress_printer import ProgressPrinter
+
+    log_timers = ProgressPrinter.log_megatron_timers
+
+    def log_megatron_timers(self, timers):
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return None
+        return log_timers(self, timers)
+
+    ProgressPrinter.log_megatron_timers = log_megatron_timers
