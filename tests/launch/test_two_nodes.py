@@ -24,6 +24,23 @@ COMMON = [
 ]
 
 
+# In-process NeMo runs of earlier tests leave MASTER_PORT (still listened on by their store) and friends in
+# this process's environment; the runs started here pick their own.
+DIST_VARS = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in DIST_VARS}, **extra}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,6 +73,7 @@ def _two_nodes(overrides: list[str], log_dir: Path) -> None:
             subprocess.Popen(
                 [*launch, "--node-rank", str(rank)],
                 cwd=REPO,
+                env=_clean_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -74,7 +92,7 @@ def _two_nodes(overrides: list[str], log_dir: Path) -> None:
 def one_process(tmp_path_factory):
     """The reference: one process, no expert parallelism, all steps uninterrupted (prepares model and data)."""
     work = tmp_path_factory.mktemp("work")
-    env = {**os.environ, "GPT_OSS_WORK": str(work)}
+    env = _clean_env(GPT_OSS_WORK=str(work))
     done = subprocess.run(
         [sys.executable, "-m", "recipes.finetune", *COMMON, "run_id=one"],
         cwd=REPO,
