@@ -5,23 +5,27 @@ k layers, then runs, each in its own process so each peak RSS is its own, side b
 
 - ``stock``: NeMo 2.7.3's ``HFGPTOSSImporter.apply`` (reads and dequantises the whole checkpoint, then
   builds the model and saves a NeMo checkpoint);
-- ``ours-ckpt``: ``convert.import_hf.import_hf`` (layer-at-a-time reading into the built model, then the
-  same NeMo save);
+- ``ours-ckpt``: ``convert.import_hf.import_hf``, the streaming import: the model is built on the meta
+  device and each tensor is read from the source when the checkpoint writer writes it;
+- ``ours-ckpt-memory``: ``import_hf(streaming=False)``: the model built in memory, filled a tensor at a
+  time, then saved by NeMo (the same checkpoint, bit for bit);
 - ``ours-model``: a trainable model without an intermediate checkpoint: the model built as training builds
   it, filled by ``convert.import_hf.load_hf_weights``.
 
-All three build the model in bf16. Stock needs ~4.4 GiB per 20b layer, so on a small shared machine pass
-only small k to it (``--stock-k``).
+All build the model in bf16. Each mode runs for its own list of k (``--run MODE:K,K``). The summary gives,
+per k, the peak RSS of every mode with its wall time, then per mode the slope in GiB per added layer (a
+least-squares line through its measured points), and stock's figure at every k where ours was measured:
+measured where stock ran, otherwise extrapolated along stock's line and marked ``ext.``. Stock needs
+several GiB per 20b layer: on a small shared machine give it small k only.
 
 Examples:
-    python bench/bench_import_memory.py --stock-k 1 2 --ours-k 1 2
+    python bench/bench_import_memory.py --run stock:1,2 ours-ckpt:2,4,8 ours-model:2,4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import shutil
@@ -130,10 +134,10 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
         importer = StockOnHost(str(ckpt))
         importer.trust_remote_code = False
         importer.apply(out)
-    elif mode == "ours-ckpt":
+    elif mode in ("ours-ckpt", "ours-ckpt-memory"):
         from convert.import_hf import import_hf
 
-        import_hf(ckpt, out, verify=False, **bf16)
+        import_hf(ckpt, out, verify=False, streaming=mode == "ours-ckpt", **bf16)
     elif mode == "ours-model":
         from nemo.lightning import teardown
 
@@ -146,13 +150,18 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
         model = importer.init()
         trainer = importer.nemo_setup(model)
         load_hf_weights(model.module, str(ckpt), importer.config)
-        nbytes = sum(p.numel() * p.element_size() for p in model.module.parameters())
         teardown(trainer, model)
-        print(json.dumps({"model_gib": nbytes / 2**30}))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"peak_rss_gib": peak / 2**30, "seconds": time.perf_counter() - t0}))
+    seconds = time.perf_counter() - t0
+    # Linux reports KiB. Children: the largest forked checkpoint writer, if any (its RSS counts the pages it
+    # shares with this process, so it is not added to ours).
+    peak, children = (
+        resource.getrusage(who).ru_maxrss * 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    print(
+        json.dumps({"peak_rss_gib": peak / 2**30, "children_rss_gib": children / 2**30, "seconds": seconds})
+    )
 
 
 def run(mode: str, ckpt: Path, out: Path) -> dict:
@@ -171,15 +180,100 @@ def run(mode: str, ckpt: Path, out: Path) -> dict:
     return result
 
 
+MODES = ("stock", "ours-ckpt", "ours-ckpt-memory", "ours-model")
+
+
+def parse_runs(specs: list[str]) -> dict[str, list[int]]:
+    """``["stock:1,2", "ours-ckpt:2,4,8"]`` -> ``{"stock": [1, 2], "ours-ckpt": [2, 4, 8]}``."""
+    runs = {}
+    for spec in specs:
+        mode, _, ks = spec.partition(":")
+        if mode not in MODES or not ks:
+            raise SystemExit(f"--run {spec!r}: expected MODE:K[,K...] with MODE one of {', '.join(MODES)}")
+        runs[mode] = sorted({int(k) for k in ks.split(",")})
+    return runs
+
+
+def line(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least-squares ``(slope, intercept)`` of peak GiB against k; None with fewer than two k."""
+    if len({k for k, _ in points}) < 2:
+        return None
+    n = len(points)
+    mk, mv = sum(k for k, _ in points) / n, sum(v for _, v in points) / n
+    slope = sum((k - mk) * (v - mv) for k, v in points) / sum((k - mk) ** 2 for k, _ in points)
+    return slope, mv - slope * mk
+
+
+def summary(rows: list[dict], runs: dict[str, list[int]]) -> str:
+    """The measurements as a table, per-layer slopes and stock's ratio to ours (measured or extrapolated)."""
+    peaks = {(r["mode"], r["k"]): r for r in rows if "peak_rss_gib" in r}
+    modes = [m for m in MODES if m in runs]
+    ks = sorted({r["k"] for r in rows})
+    sizes = {r["k"]: r for r in rows}
+    out = [
+        "Peak resident memory (RSS, GiB) and wall time of each import, one process per cell; synthetic",
+        "gpt-oss-20b MXFP4 checkpoints cut to k layers (real names, shapes, dtypes; model built in bf16).",
+        "'on disk': the MXFP4 checkpoint; 'bf16 model': the weights an in-memory model holds (parameter count x 2 bytes).",
+        "stock: NeMo's HFGPTOSSImporter.apply; ours-ckpt: import_hf, streaming (model on the meta device, each",
+        "tensor read when the writer writes it); ours-ckpt-memory: import_hf(streaming=False), model built in memory",
+        "and saved by NeMo; ours-model: a trainable model filled by load_hf_weights, no checkpoint written.",
+        "",
+        f"{'k':>2} {'on disk':>8} {'bf16 model':>10}" + "".join(f" {m:>18}" for m in modes),
+    ]
+    for k in ks:
+        cells = []
+        for m in modes:
+            r = peaks.get((m, k))
+            if r is not None:
+                cells.append(f"{r['peak_rss_gib']:7.2f} GiB {r['seconds']:4.0f} s")
+            elif any(x.get("mode") == m and x["k"] == k for x in rows):
+                cells.append("failed")
+            else:
+                cells.append("-")
+        out.append(
+            f"{k:>2} {sizes[k]['checkpoint_gib']:8.2f} {sizes[k]['model_gib']:10.2f}"
+            + "".join(f" {c:>18}" for c in cells)
+        )
+    out += ["", "Per added layer (least squares over the measured k):"]
+    fits = {}
+    for m in modes:
+        points = [(k, peaks[(m, k)]["peak_rss_gib"]) for k in runs[m] if (m, k) in peaks]
+        fits[m] = line(points)
+        if fits[m] is None:
+            out.append(f"  {m:<17} needs two measured k")
+        else:
+            slope, icpt = fits[m]
+            out.append(
+                f"  {m:<17} {slope:+.3f} GiB/layer, {icpt:.2f} GiB at k = 0 (k = {', '.join(str(k) for k, _ in points)})"
+            )
+    ours = [m for m in modes if m != "stock"]
+    if "stock" in modes and ours:
+        out += ["", "Stock / ours (stock measured, or 'ext.': extrapolated along stock's line):"]
+        for m in ours:
+            for k in runs[m]:
+                if (m, k) not in peaks:
+                    continue
+                if ("stock", k) in peaks:
+                    stock, label = peaks[("stock", k)]["peak_rss_gib"], "measured"
+                elif fits["stock"] is not None:
+                    stock, label = fits["stock"][0] * k + fits["stock"][1], "ext."
+                else:
+                    continue
+                ours_gib = peaks[(m, k)]["peak_rss_gib"]
+                out.append(
+                    f"  k = {k}: stock {stock:6.2f} GiB ({label:>8}) / {m} {ours_gib:5.2f} GiB = {stock / ours_gib:4.1f}x"
+                )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--stock-k", type=int, nargs="*", default=[1, 2], help="layers for stock (~4.4 GiB each)"
+        "--run",
+        nargs="+",
+        default=["stock:1,2", "ours-ckpt:1,2", "ours-model:1,2"],
+        help="MODE:K[,K...] for each mode to run, MODE one of " + ", ".join(MODES),
     )
-    parser.add_argument(
-        "--ours-k", type=int, nargs="*", default=[1, 2], help="layers for ours (~1.6-1.9 GiB each)"
-    )
-    parser.add_argument("--modes", nargs="*", default=["stock", "ours-ckpt", "ours-model"])
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
@@ -190,28 +284,26 @@ def main() -> None:
         return
     if not (CONFIGS / "configs" / "gpt-oss-20b" / "config.json").exists():
         sys.exit(f"needs the real gpt-oss-20b config and tokenizer under {CONFIGS}")
+    from convert.gpt_oss import count_parameters
+
+    runs = parse_runs(args.run)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-import-"))
     rows = []
-    for k in sorted(set(args.stock_k) | set(args.ours_k)):
+    for k in sorted({k for ks in runs.values() for k in ks}):
         ckpt = work / f"mxfp4-{k}"
         if not ckpt.exists():
             write_synthetic(ckpt, k)
         disk = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**30
-        for mode in args.modes:
-            if k not in (args.stock_k if mode == "stock" else args.ours_k):
-                continue
+        model = count_parameters(ckpt) * 2 / 2**30  # bf16
+        for mode in (m for m in MODES if k in runs.get(m, ())):
             out = work / f"{mode}-{k}"
             shutil.rmtree(out, ignore_errors=True)
             r = run(mode, ckpt, out)
             shutil.rmtree(out, ignore_errors=True)
-            rows.append({"k": k, "mode": mode, "checkpoint_gib": disk, **r})
+            rows.append({"k": k, "mode": mode, "checkpoint_gib": disk, "model_gib": model, **r})
             print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(ckpt, ignore_errors=True)
-    print(f"\n{'k':>2} {'mode':<11} {'ckpt GiB':>8} {'peak RSS GiB':>12} {'s':>6}")
-    for r in rows:
-        peak = f"{r['peak_rss_gib']:.2f}" if "peak_rss_gib" in r else "failed"
-        secs = f"{r.get('seconds', math.nan):.0f}"
-        print(f"{r['k']:>2} {r['mode']:<11} {r['checkpoint_gib']:>8.2f} {peak:>12} {secs:>6}")
+    print("\n" + summary(rows, runs))
 
 
 if __name__ == "__main__":

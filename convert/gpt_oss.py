@@ -21,7 +21,8 @@ Examples:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -435,9 +436,9 @@ class HFTensors(Mapping):
     """The tensors of an HF gpt-oss checkpoint as a read-on-demand mapping, in transformers' BF16 layout.
 
     Nothing is read until a tensor is asked for; each access reads one tensor from its (memory-mapped)
-    safetensors file. MXFP4 ``*_blocks``/``*_scales`` pairs appear under the dense name, dequantised and
-    transposed to ``[E, in, out]``, so callers see one layout whatever the source. Only safetensors are
-    ever opened (no pickle).
+    safetensors file, and `expert` reads a single expert of an expert tensor. MXFP4 ``*_blocks``/``*_scales``
+    pairs appear under the dense name, dequantised and transposed to ``[E, in, out]``, so callers see one
+    layout whatever the source. Only safetensors are ever opened (no pickle).
 
     Args:
         path: The checkpoint folder.
@@ -466,28 +467,37 @@ class HFTensors(Mapping):
         return name in self._file or f"{name}_blocks" in self._file
 
     def __getitem__(self, name: str) -> torch.Tensor:
+        return self._get(name, None)
+
+    def expert(self, name: str, e: int) -> torch.Tensor:
+        """``self[name][e]``, reading (and dequantising) only expert ``e``: a 20b expert matrix is ~32 MiB in
+        BF16 where the whole tensor is ~1 GiB."""
+        return self._get(name, e)
+
+    def _read(self, key: str, e: int | None) -> torch.Tensor:
         from safetensors import safe_open
 
+        # Both reads map the file: only the pages of the requested tensor (or expert) are touched.
+        with safe_open(str(self._file[key]), framework="pt", device="cpu") as f:
+            return f.get_tensor(key) if e is None else f.get_slice(key)[e]
+
+    def _get(self, name: str, e: int | None) -> torch.Tensor:
         if name in self._file:
-            with safe_open(str(self._file[name]), framework="pt", device="cpu") as f:
-                t = f.get_tensor(name)
+            t = self._read(name, e)
             return t if self.dtype is None else t.to(self.dtype)
         blocks, scales = f"{name}_blocks", f"{name}_scales"
         if blocks not in self._file:
             raise KeyError(name)
         if scales not in self._file:
             raise ConversionError(f"{self.path}: {blocks} has no {scales} beside it")
-        with safe_open(str(self._file[blocks]), framework="pt", device="cpu") as f:
-            b = f.get_tensor(blocks)
-        with safe_open(str(self._file[scales]), framework="pt", device="cpu") as f:
-            sc = f.get_tensor(scales)
         try:
-            dense = mxfp4.dequantize(b, sc, self.dtype or torch.bfloat16, scales)
-        except mxfp4.MXFP4Error as e:
-            raise ConversionError(f"{self._file[blocks]}: {e}") from e
-        del b, sc
+            dense = mxfp4.dequantize(
+                self._read(blocks, e), self._read(scales, e), self.dtype or torch.bfloat16, scales
+            )
+        except mxfp4.MXFP4Error as err:
+            raise ConversionError(f"{self._file[blocks]}: {err}") from err
         # A view: dense[e] is then expert e's contiguous [out, in] matrix, which is what megatron-core wants,
-        # and no second copy of the layer's experts is made.
+        # and no second copy of the experts is made.
         return dense.transpose(-1, -2)
 
 
@@ -562,21 +572,12 @@ class McoreNames:
 
 def hf_to_mcore(hf: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[str, torch.Tensor]:
     """Convert an HF gpt-oss state dict (HF BF16 layout) to megatron-core names and layouts."""
-    out = hf_to_mcore_outer(hf, cfg)
-    for i in range(cfg.num_layers):
-        out.update(hf_to_mcore_layer(hf, i, cfg, names))
-    return out
+    return {name: read() for name, read in mcore_sources(hf, cfg, names).items()}
 
 
 def hf_to_mcore_outer(hf: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """The tensors outside the layers: embeddings, final norm and (untied) output layer."""
-    out = {
-        "embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
-        "decoder.final_layernorm.weight": hf["model.norm.weight"],
-    }
-    if not cfg.share_embeddings_and_output_weights:
-        out["output_layer.weight"] = hf["lm_head.weight"]
-    return out
+    return {name: read() for name, read in mcore_outer_sources(hf, cfg).items()}
 
 
 def hf_to_mcore_layer(
@@ -590,24 +591,87 @@ def iter_mcore_layer(
     hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """`hf_to_mcore_layer` one tensor at a time: a consumer that copies each away holds one expert's copy."""
+    for name, read in mcore_layer_sources(hf, i, cfg, names).items():
+        yield name, read()
+
+
+def mcore_sources(
+    hf: Mapping[str, torch.Tensor], cfg, names: McoreNames
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Every megatron-core tensor of the model, as a function that reads and converts just that tensor.
+
+    Nothing is read until a function is called, and each call reads only what its tensor needs (from an
+    `HFTensors`: one tensor, or one expert of an expert tensor, dequantised on the fly). So a consumer may
+    ask for the tensors in any order (a checkpoint writer sorts them by size) and hold one at a time.
+
+    Examples:
+        python -c "from convert.gpt_oss import *; from convert.import_hf import GptOssHFImporter as I; p = 'work/models/gpt-oss-tiny-hf'; print(list(mcore_sources(HFTensors(p), I(p).config, McoreNames([]))))"
+    """
+    sources = mcore_outer_sources(hf, cfg)
+    for i in range(cfg.num_layers):
+        sources.update(mcore_layer_sources(hf, i, cfg, names))
+    return sources
+
+
+def mcore_outer_sources(hf: Mapping[str, torch.Tensor], cfg) -> dict[str, Callable[[], torch.Tensor]]:
+    """`mcore_sources` of the tensors outside the layers: embeddings, final norm and (untied) output layer."""
+    sources = {
+        "embedding.word_embeddings.weight": partial(_get, hf, "model.embed_tokens.weight"),
+        "decoder.final_layernorm.weight": partial(_get, hf, "model.norm.weight"),
+    }
+    if not cfg.share_embeddings_and_output_weights:
+        sources["output_layer.weight"] = partial(_get, hf, "lm_head.weight")
+    return sources
+
+
+def mcore_layer_sources(
+    hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """`mcore_sources` of layer ``i``: attention, router and one entry per expert tensor."""
     h, p = f"model.layers.{i}", f"decoder.layers.{i}"
-    yield names.input_norm(p), hf[f"{h}.input_layernorm.weight"]
-    yield names.mlp_norm(p), hf[f"{h}.post_attention_layernorm.weight"]
+    sources = {
+        names.input_norm(p): partial(_get, hf, f"{h}.input_layernorm.weight"),
+        names.mlp_norm(p): partial(_get, hf, f"{h}.post_attention_layernorm.weight"),
+    }
     for kind in ("weight", "bias"):
-        yield (
-            f"{p}.self_attention.linear_qkv.{kind}",
-            merge_qkv(*(hf[f"{h}.self_attn.{x}_proj.{kind}"] for x in "qkv"), cfg),
-        )
-        yield f"{p}.self_attention.linear_proj.{kind}", hf[f"{h}.self_attn.o_proj.{kind}"]
-        yield f"{p}.mlp.router.{kind}", hf[f"{h}.mlp.router.{kind}"]
-    yield f"{p}.self_attention.core_attention.softmax_offset", hf[f"{h}.self_attn.sinks"]
-    gate_up, gate_up_b = hf[f"{h}.mlp.experts.gate_up_proj"], hf[f"{h}.mlp.experts.gate_up_proj_bias"]
-    down, down_b = hf[f"{h}.mlp.experts.down_proj"], hf[f"{h}.mlp.experts.down_proj_bias"]
+        sources[f"{p}.self_attention.linear_qkv.{kind}"] = partial(_qkv, hf, f"{h}.self_attn", kind, cfg)
+        sources[f"{p}.self_attention.linear_proj.{kind}"] = partial(_get, hf, f"{h}.self_attn.o_proj.{kind}")
+        sources[f"{p}.mlp.router.{kind}"] = partial(_get, hf, f"{h}.mlp.router.{kind}")
+    sources[f"{p}.self_attention.core_attention.softmax_offset"] = partial(_get, hf, f"{h}.self_attn.sinks")
+    experts = f"{h}.mlp.experts"
     for e in range(cfg.num_moe_experts):
-        yield names.expert(p, e, "linear_fc1", "weight"), _interleave_to_halves(gate_up[e].t())
-        yield names.expert(p, e, "linear_fc1", "bias"), _interleave_to_halves(gate_up_b[e])
-        yield names.expert(p, e, "linear_fc2", "weight"), down[e].t()
-        yield names.expert(p, e, "linear_fc2", "bias"), down_b[e]
+        sources[names.expert(p, e, "linear_fc1", "weight")] = partial(_fc1, hf, f"{experts}.gate_up_proj", e)
+        sources[names.expert(p, e, "linear_fc1", "bias")] = partial(
+            _fc1, hf, f"{experts}.gate_up_proj_bias", e
+        )
+        sources[names.expert(p, e, "linear_fc2", "weight")] = partial(_fc2, hf, f"{experts}.down_proj", e)
+        sources[names.expert(p, e, "linear_fc2", "bias")] = partial(_fc2, hf, f"{experts}.down_proj_bias", e)
+    return sources
+
+
+def _get(hf: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    return hf[key]
+
+
+def _expert(hf: Mapping[str, torch.Tensor], key: str, e: int) -> torch.Tensor:
+    """Expert ``e`` of ``hf[key]``; an `HFTensors` reads (and dequantises) that expert alone."""
+    return hf.expert(key, e) if isinstance(hf, HFTensors) else hf[key][e]
+
+
+def _qkv(hf: Mapping[str, torch.Tensor], attn: str, kind: str, cfg) -> torch.Tensor:
+    return merge_qkv(*(hf[f"{attn}.{x}_proj.{kind}"] for x in "qkv"), cfg)
+
+
+def _fc1(hf: Mapping[str, torch.Tensor], key: str, e: int) -> torch.Tensor:
+    """Expert ``e``'s fc1 weight or bias: HF ``[in, out]`` (weight) with gate/up interleaved -> ``[out, in]`` halves."""
+    t = _expert(hf, key, e)
+    return _interleave_to_halves(t.t() if t.ndim == 2 else t)
+
+
+def _fc2(hf: Mapping[str, torch.Tensor], key: str, e: int) -> torch.Tensor:
+    """Expert ``e``'s fc2 weight or bias: HF ``[in, out]`` (weight) -> ``[out, in]``."""
+    t = _expert(hf, key, e)
+    return t.t() if t.ndim == 2 else t
 
 
 def mcore_to_hf(mc: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[str, torch.Tensor]:

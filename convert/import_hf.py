@@ -4,7 +4,8 @@ Registers `GptOssHFImporter` as NeMo's ``hf`` importer of ``GPTOSSModel``, so ``
 ``nemo://``/``hf://`` resumes in the recipes use it. It maps the whole HF config (see `convert.gpt_oss`),
 normalises the expert layout of both checkpoint kinds, keeps the source dtype unless told otherwise, and
 never loads pickles or remote code. The checkpoint is checked before anything heavy (`check_hf_checkpoint`),
-read and converted one layer at a time, verified against the source when that is cheap, and published
+streamed into the NeMo checkpoint a tensor at a time without building the model (`stream_hf_weights`; memory
+does not grow with the number of layers), verified against the source when that is cheap, and published
 atomically (``<out>.partial``, then a rename).
 
 Examples:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from contextlib import contextmanager, nullcontext
 from functools import cached_property
 from pathlib import Path
 
@@ -31,8 +33,10 @@ from convert.gpt_oss import (
     hf_to_mcore_outer,
     iter_mcore_layer,
     load_generation_config,
+    mcore_sources,
     nemo_config_from_hf,
 )
+from convert.streaming_save import use_streaming_save
 from recipes import cpu
 
 # Verify an import or export by default up to this size: the tiny model takes seconds, 20b would take minutes.
@@ -46,10 +50,14 @@ class GptOssHFImporter(HFGPTOSSImporter):
     """NeMo's ``hf`` importer for gpt-oss with a faithful config and expert layout.
 
     ``config_overrides`` (a dict) is applied to the mapped config as constructor arguments, so it is recorded
-    in the checkpoint's io context (values set after construction would not be).
+    in the checkpoint's io context (values set after construction would not be). ``streaming`` chooses how the
+    weights reach the checkpoint (see `apply`).
     """
 
     config_overrides: dict = {}
+    # Stream the weights into the checkpoint (nothing of the model is materialised); False: build the model in
+    # memory, fill it and save it (any checkpoint format NeMo is set to write).
+    streaming: bool = True
 
     @cached_property
     def config(self):
@@ -68,28 +76,90 @@ class GptOssHFImporter(HFGPTOSSImporter):
         return AutoTokenizer(str(self), trust_remote_code=False)
 
     def apply(self, output_path: Path, trust_remote_code: bool | None = None) -> Path:
-        """Convert into ``output_path``, reading and converting one layer at a time.
+        """Convert into ``output_path``: streamed (`stream_hf_weights`) or through a model built in memory.
 
-        Source tensors are read on demand (`HFTensors`) and copied into the target model layer by layer, so
-        the process holds the target model plus one layer's source tensors, never the whole source.
+        Both run NeMo's own ``nemo_setup`` and ``nemo_save`` and write the same files byte for byte (weights,
+        ``common.pt``, ``metadata.json``, ``context/``; the ``.metadata`` index differs only in where it was
+        written). Streaming builds the model on the meta device and reads each tensor from the source when the
+        checkpoint writer writes it; in memory, the model is built and filled one tensor at a time
+        (`load_hf_weights`), then saved.
         """
         check_hf_checkpoint(str(self))
         self.trust_remote_code = False
         cpu.enable()
         target = self.init()
-        trainer = self.nemo_setup(target)
-        load_hf_weights(target.module, str(self), self.config)
-        self.nemo_save(output_path, trainer)
-        teardown(trainer, target)
+        with _configured_on_meta(target) if self.streaming else nullcontext():
+            trainer = self.nemo_setup(target)
+        try:
+            if self.streaming:
+                stream_hf_weights(trainer, target.module, str(self), self.config)
+            else:
+                load_hf_weights(target.module, str(self), self.config)
+            self.nemo_save(output_path, trainer)
+        finally:
+            if self.streaming and hasattr(target, "module"):
+                # Lightning's teardown moves the model to the host, which a meta module cannot do (it holds
+                # nothing to move).
+                del target.module
+            teardown(trainer, target)
         return output_path
 
 
-def load_hf_weights(module: torch.nn.Module, hf_path: str | Path, cfg) -> None:
-    """Fill a built megatron-core gpt-oss ``module`` with the weights of an HF checkpoint, a layer at a time.
+@contextmanager
+def _configured_on_meta(model: GPTOSSModel):
+    """Make NeMo's ``nemo_setup`` build the megatron-core module on torch's meta device: shapes, no storage.
 
-    Source tensors are read on demand (`HFTensors`: MXFP4 experts dequantised straight into the model's
-    dtype) and copied into the module's parameters one layer at a time, so beside the module the process
-    holds one layer of source tensors. Every parameter must be filled exactly once, with its exact shape.
+    ``nemo_setup`` calls ``model.configure_model()`` once the parallel state exists; only that call runs under
+    the meta device, so process groups and their tensors are made as usual.
+    """
+    configure = model.configure_model
+
+    def on_meta(*args, **kwargs):
+        with torch.device("meta"):
+            return configure(*args, **kwargs)
+
+    model.configure_model = on_meta
+    try:
+        yield
+    finally:
+        del model.configure_model
+
+
+def stream_hf_weights(trainer, module: torch.nn.Module, hf_path: str | Path, cfg) -> None:
+    """Make ``trainer``'s next save write ``module`` (on the meta device) with the weights of an HF checkpoint.
+
+    Each parameter is read from the source (`mcore_sources`: one tensor, or one expert dequantised on the
+    fly) when the checkpoint writer reaches it, written and freed (`convert.streaming_save`), so the process
+    holds about one tensor at a time whatever the model size (the largest: 20b's embeddings, 1.1 GiB in BF16).
+    Sources and model are checked against each other before anything is written.
+
+    Args:
+        trainer: The trainer of ``nemo_setup``; ``nemo_save`` then writes the checkpoint.
+        module: The megatron-core ``GPTModel`` (``GPTOSSModel.module``), built on the meta device.
+        hf_path: Hugging Face gpt-oss folder, MXFP4 or BF16.
+        cfg: The NeMo ``GPTOSSConfig`` the module was built from.
+
+    Examples:
+        python -m convert.import_hf --hf work/models/gpt-oss-tiny-hf --out work/models/gpt-oss-tiny-nemo
+    """
+    expected = {k: v for k, v in module.state_dict().items() if not k.endswith("_extra_state")}
+    sources = mcore_sources(HFTensors(hf_path, dtype=cfg.params_dtype), cfg, McoreNames(expected))
+    _check_names(hf_path, set(sources), set(expected))
+    # NeMo's MegatronParallel saves the module's sharded state dict under this prefix (megatron_parallel.py:784).
+    use_streaming_save(
+        trainer.strategy,
+        {f"module.{k}": v for k, v in sources.items()},
+        {f"module.{k}": v for k, v in expected.items()},
+    )
+
+
+def load_hf_weights(module: torch.nn.Module, hf_path: str | Path, cfg) -> None:
+    """Fill a built megatron-core gpt-oss ``module`` with the weights of an HF checkpoint, a tensor at a time.
+
+    Source tensors are read on demand (`HFTensors`: one tensor, or one expert of an expert tensor, MXFP4
+    dequantised straight into the model's dtype) and copied into the module's parameters one at a time, so
+    beside the module the process holds one source tensor. Every parameter must be filled exactly once, with
+    its exact shape.
     This is also the way to make a trainable model without an intermediate NeMo checkpoint: build the model
     as training does, then call this. Tensor, pipeline and expert parallel shards are not handled yet
     (each rank would take its slice of a layer); those runs import to a checkpoint first.
@@ -136,6 +206,19 @@ def load_hf_weights(module: torch.nn.Module, hf_path: str | Path, cfg) -> None:
         )
 
 
+def _check_names(hf_path: str | Path, filled: set[str], expected: set[str]) -> None:
+    """Refuse a mapping that fills tensors the model lacks, or leaves some of the model's tensors unfilled."""
+    extra, missing = sorted(filled - expected), sorted(expected - filled)
+    if extra:
+        raise ConversionError(
+            f"the checkpoint does not match the model built from its config:\n  unexpected: {extra[:8]}"
+        )
+    if missing:
+        raise ConversionError(
+            f"the model built from {hf_path}/config.json has tensors no mapping fills: {missing[:8]}"
+        )
+
+
 def _copy_checked(targets: dict, converted: dict, expected: dict) -> None:
     """Copy converted tensors into the module's tensors ``targets``, refusing unexpected or misshapen ones."""
     extra = sorted(set(converted) - set(expected))
@@ -166,6 +249,7 @@ def import_hf(
     out: str | Path,
     overwrite: bool = False,
     verify: bool | None = None,
+    streaming: bool = True,
     **config_overrides,
 ) -> Path:
     """Import ``hf_path`` into a NeMo checkpoint at ``out``; nothing appears at ``out`` unless it succeeds.
@@ -181,6 +265,9 @@ def import_hf(
         overwrite: Replace an existing ``out``; without it a complete ``out`` is returned as it is.
         verify: Compare the import with the source (`convert.verify`) before publishing it; ``None``: only when
             cheap (models up to ``VERIFY_MAX_PARAMS`` parameters).
+        streaming: Write the weights straight from the source into the checkpoint, a tensor at a time, without
+            building the model (`stream_hf_weights`); False: build the model in memory, fill it and save it.
+            Both give the same checkpoint, bit for bit.
         **config_overrides: NeMo config constructor arguments to apply.
 
     Examples:
@@ -204,6 +291,7 @@ def import_hf(
     try:
         connector = GptOssHFImporter(str(hf_path))
         connector.config_overrides = dict(config_overrides)
+        connector.streaming = streaming
         connector.apply(tmp)
         connector.on_import_ckpt(GPTOSSModel(connector.config, tokenizer=connector.tokenizer))
         if verify:
@@ -234,8 +322,16 @@ def main() -> None:
     parser.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, default=None, help="default: only for small models"
     )
+    parser.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the weights a tensor at a time without building the model (default); "
+        "--no-streaming builds the model in memory first",
+    )
     args = parser.parse_args()
-    print(f"NeMo checkpoint: {import_hf(args.hf, args.out, overwrite=args.overwrite, verify=args.verify)}")
+    out = import_hf(args.hf, args.out, overwrite=args.overwrite, verify=args.verify, streaming=args.streaming)
+    print(f"NeMo checkpoint: {out}")
 
 
 if __name__ == "__main__":

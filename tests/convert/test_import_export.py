@@ -16,7 +16,7 @@ import torch
 
 from convert import verify
 from convert.export_hf import GptOssHFExporter, export_hf
-from convert.gpt_oss import ConversionError, check_hf_checkpoint
+from convert.gpt_oss import ConversionError, HFTensors, check_hf_checkpoint
 from convert.import_hf import GptOssHFImporter, import_hf, is_complete
 from convert.tiny import REPO
 
@@ -82,21 +82,27 @@ def test_export_interrupted_in_process_cleans_up(tiny_nemo, tmp_path, monkeypatc
     assert not out.exists() and not out.with_name("hf.partial").exists()
 
 
-def test_import_interrupted_midway_leaves_no_output(tiny_hf, tmp_path, monkeypatch):
-    import convert.import_hf as importer
-
-    real_layer = importer.iter_mcore_layer
-
-    def fail_on_second_layer(hf, i, cfg, names):
-        if i == 1:
-            raise KeyboardInterrupt
-        return real_layer(hf, i, cfg, names)
-
-    monkeypatch.setattr(importer, "iter_mcore_layer", fail_on_second_layer)
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "in-memory"])
+def test_import_interrupted_midway_leaves_no_output(tiny_hf, tmp_path, monkeypatch, streaming):
+    """Interrupted when it reads layer 1: streaming, the weight files are being written by then."""
     out = tmp_path / "nemo"
+    weights = out.with_name("nemo.partial") / "weights"
+    files_then = []
+    real_get = HFTensors._get
+
+    def interrupt_at_layer_1(self, name, e):
+        if name.startswith("model.layers.1."):
+            files_then.extend(weights.glob("*.distcp"))
+            raise KeyboardInterrupt
+        return real_get(self, name, e)
+
+    monkeypatch.setattr(HFTensors, "_get", interrupt_at_layer_1)
     with pytest.raises(KeyboardInterrupt):
-        import_hf(tiny_hf, out, verify=False)
+        import_hf(tiny_hf, out, verify=False, streaming=streaming)
+    assert bool(files_then) == streaming
     assert not out.exists() and not out.with_name("nemo.partial").exists()
+    monkeypatch.undo()  # the process is usable again: the next import succeeds
+    assert is_complete(import_hf(tiny_hf, out, verify=False, streaming=streaming))
 
 
 def test_incomplete_checkpoints_are_not_taken_for_complete(tiny_hf, tiny_nemo, tmp_path):
