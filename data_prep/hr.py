@@ -48,9 +48,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_prep.answers import NOT_EXPECTED
-from data_prep.dataset import ExampleFrame, SourceRejects, concat, input_files, per_unique
+from data_prep.dataset import (
+    Coded,
+    ExampleFrame,
+    SourceRejects,
+    Text,
+    coded,
+    hash_strings,
+    input_files,
+    narrow_codes,
+)
 from data_prep.table import CSV_SUFFIXES, PARQUET_SUFFIXES, InputError, Reject, read_table
 
 TASK = "hr"
@@ -65,10 +76,15 @@ PROFILE_LABELS = {
     "performance_rating": "Performance",
 }
 QUESTION = "Predict: 1) Expected tenure at the company, 2) Time to next promotion, 3) Attrition risk"
+# The one mapped field with a value per employee: kept as Arrow strings, never as categories.
+ID_FIELD = "employee_id"
 
 
 def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     """Read the HR input(s) and turn every valid record into an example without its answer.
+
+    Every other column is handled as categories (each distinct value stripped, parsed and checked once);
+    the employee id stays one Arrow string per row and is hashed in bulk.
 
     Returns:
         The examples (answers come after splitting, from training statistics), the rejects per file,
@@ -83,57 +99,83 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     src = cfg.data_prep
     # Names are mapped only to be kept out: they are never read into the examples.
     cols = {k: v for k, v in src.columns.items() if v and k != "name"}
-    parts, rejects, n_records = [], [], 0
+    tables, rejects, n_records = [], [], 0
     for path in input_paths(cfg):
-        t = read_table(path, max_field_chars=cfg.max_field_chars, progress=cfg.progress)
+        t = read_table(path, max_field_chars=cfg.max_field_chars, progress=cfg.progress, arrow=True)
         n_records += t.n_records
         rejects.append(SourceRejects(Path(path).name, list(t.rejects)))
-        needed = list(cols.values()) + list(src.profile)
-        missing = [c for c in needed if c not in t.frame.columns]
+        header = t.arrow.column_names
+        missing = [c for c in list(cols.values()) + list(src.profile) if c not in header]
         if missing:
             raise InputError(
-                f"{path}: column(s) {missing} not in its header {list(t.frame.columns)[:40]}; fix the mapping "
+                f"{path}: column(s) {missing} not in its header {header[:40]}; fix the mapping "
                 f"(data_prep.columns.<field>=<column>, data_prep.profile) or choose another one (data_prep=hr_generic)"
             )
-        part = pd.DataFrame({f: _strip(t.frame[c]) for f, c in cols.items()})
-        for c in src.profile:
-            part["profile:" + c] = _strip(t.frame[c])
-        part["source"] = Path(path).name
-        part["line"] = t.line
-        parts.append(part)
-    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    for name, mapping in src.recode.items():
-        key = name if name in df.columns else "profile:" + name
-        if key in df.columns and mapping:
-            m = {str(k): str(v) for k, v in mapping.items()}
-            df[key] = df[key].map(m).fillna(df[key])
+        tables.append((Path(path).name, t))
+    n = sum(len(t.line) for _, t in tables)
+    source = pd.Series(
+        pd.Categorical.from_codes(
+            np.repeat(np.arange(len(tables), dtype=np.int16), [len(t.line) for _, t in tables]),
+            categories=pd.Index([name for name, _ in tables], dtype=object),
+        )
+    )
+    line = np.concatenate([t.line for _, t in tables]) if tables else np.zeros(0, dtype=np.int64)
+    # A recode names a field, or else a profile column.
+    recode = {name: {str(k): str(v) for k, v in m.items()} for name, m in src.recode.items() if m}
+    df = {}  # field or "profile:<column>" -> categorical Series of stripped, recoded values
+    for f, c in cols.items():
+        if f != ID_FIELD:
+            df[f] = _categories(_column(tables, c), recode.get(f))
+    for c in src.profile:
+        df["profile:" + c] = _categories(_column(tables, c), None if c in cols else recode.get(c))
+    raw_id = None
+    if ID_FIELD in cols:
+        raw_id = _strip_strings(_column(tables, cols[ID_FIELD]))
+        if recode.get(ID_FIELD):
+            raw_id = _recode_strings(raw_id, recode[ID_FIELD])
 
-    reason = np.full(len(df), None, dtype=object)
+    reason = np.zeros(n, dtype=np.int32)  # 0: kept; else an index into messages
+    messages: list[str | None] = [None]
 
-    def reject(mask, message) -> None:
-        mask = np.asarray(mask, dtype=bool) & pd.isna(reason)
+    def reject(mask, message: str) -> None:
+        mask = np.asarray(mask, dtype=bool) & (reason == 0)
         if mask.any():
-            reason[mask] = message(mask) if callable(message) else message
+            messages.append(message)
+            reason[mask] = len(messages) - 1
+
+    def reject_values(mask, values: pd.Series, template: str) -> None:
+        """Reject with a message naming each row's value (formatted once per distinct value)."""
+        mask = np.asarray(mask, dtype=bool) & (reason == 0)
+        if mask.any():
+            codes = values.cat.codes.to_numpy()
+            used = np.unique(codes[mask])
+            lookup = np.zeros(len(values.cat.categories), dtype=np.int32)
+            lookup[used] = len(messages) + np.arange(len(used))
+            messages.extend(template.format(values.cat.categories[c][:80]) for c in used)
+            reason[mask] = lookup[codes[mask]]
 
     for f in ("title", "department"):
-        reject(df[f] == "", f"{f} is empty ({cols[f]})")
-    dates = {}
+        reject(_is(df[f], ""), f"{f} is empty ({cols[f]})")
+    dates, parsed = {}, {}  # per row; per category
     for f in DATE_FIELDS:
         if f in df:
-            dates[f] = parse_dates(df[f], src.date_formats)
-            bad = (df[f] != "").to_numpy() & dates[f].isna().to_numpy()
-            reject(bad, _values_msg(df[f], f"{f} {{!r}} is not a date in any of data_prep.date_formats"))
+            parsed[f] = _parse_unique(df[f].cat.categories, src.date_formats)
+            dates[f] = pd.Series(parsed[f][df[f].cat.codes.to_numpy()])
+            bad = ~_is(df[f], "") & dates[f].isna().to_numpy()
+            reject_values(bad, df[f], f"{f} {{!r}} is not a date in any of data_prep.date_formats")
     as_of = _as_of(src.as_of, dates, src.date_formats)
 
     if "attrition" in df:
-        low = df["attrition"].str.lower()
-        is_true = low.isin([v.lower() for v in src.true_values]).to_numpy()
-        is_false = low.isin([v.lower() for v in src.false_values]).to_numpy()
-        reject(
+        low = [v.lower() for v in df["attrition"].cat.categories]
+        true_values = {v.lower() for v in src.true_values}
+        false_values = {v.lower() for v in src.false_values}
+        codes = df["attrition"].cat.codes.to_numpy()
+        is_true = np.array([v in true_values for v in low], dtype=bool)[codes]
+        is_false = np.array([v in false_values for v in low], dtype=bool)[codes]
+        reject_values(
             ~(is_true | is_false),
-            _values_msg(
-                df["attrition"], "attrition {!r} is in neither data_prep.true_values nor false_values"
-            ),
+            df["attrition"],
+            "attrition {!r} is in neither data_prep.true_values nor false_values",
         )
         left = is_true
     else:
@@ -143,7 +185,7 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     term = dates.get("termination_date")
     end = None
     if hire is not None:
-        as_of_col = pd.Series(as_of, index=df.index, dtype="datetime64[ns]")
+        as_of_col = pd.Series(as_of, index=hire.index, dtype="datetime64[ns]")
         end = term.where(term.notna(), as_of_col) if term is not None else as_of_col
         if "actual_tenure" not in df:
             reject(hire.isna(), "hire_date is empty; tenure comes from dates")
@@ -155,20 +197,29 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             )
             reject(~left & term.notna().to_numpy(), "attrition says stayed but termination_date is set")
     if "actual_tenure" in df:
-        tenure = pd.to_numeric(df["actual_tenure"], errors="coerce").to_numpy(dtype=float)
-        reject(
+        values = np.asarray(df["actual_tenure"].cat.categories, dtype=object)
+        tenure_of = np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
+        tenure = tenure_of[df["actual_tenure"].cat.codes.to_numpy()]
+        reject_values(
             ~(tenure >= 0) | ~np.isfinite(tenure),
-            _values_msg(df["actual_tenure"], "actual_tenure {!r} is not a non-negative number of years"),
+            df["actual_tenure"],
+            "actual_tenure {!r} is not a non-negative number of years",
         )
     else:
         tenure = ((end - hire).dt.days / DAYS_PER_YEAR).to_numpy(dtype=float)
 
-    promo_years = np.full(len(df), np.nan)
-    promo_censored = np.ones(len(df), dtype=bool)
+    promo_years = np.full(n, np.nan)
+    promo_censored = np.ones(n, dtype=bool)
     if "promotion_date" in dates and hire is not None:
         if "actual_tenure" in df:
-            # The observed window ends where the recorded tenure does, not at as_of.
-            end = hire + pd.to_timedelta(np.round(tenure * DAYS_PER_YEAR), unit="D")
+            # The observed window ends where the recorded tenure does, not at as_of. A tenure that is
+            # no date span (negative, infinite, past 2262) has no window; its record is kept or
+            # rejected by its tenure alone.
+            days = np.round(tenure_of * DAYS_PER_YEAR)
+            usable = np.isfinite(days) & (days >= 0) & (days <= pd.Timedelta.max.days)
+            window_of = pd.to_timedelta(np.where(usable, days, np.nan), unit="D").to_numpy()
+            window = pd.Series(window_of[df["actual_tenure"].cat.codes.to_numpy()], index=hire.index)
+            end = hire.where(hire <= pd.Timestamp.max - window) + window
         promo = dates["promotion_date"]
         reject((promo < hire).to_numpy(), "promotion_date before hire_date")
         reject(
@@ -181,49 +232,52 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
         )
         promo_censored = ~has
 
-    ok = pd.isna(reason)
-    row_rejects = {}
-    for src_name, line, why in zip(df["source"][~ok], df["line"][~ok], reason[~ok], strict=True):
-        row_rejects.setdefault(src_name, []).append(Reject(int(line), why))
-    for sr in rejects:
-        sr.rejects.extend(row_rejects.get(sr.source, []))
+    ok = reason == 0
+    by_source = {sr.source: sr for sr in rejects}
+    bad_rows = np.flatnonzero(~ok)
+    for s, ln, why in zip(
+        source.iloc[bad_rows].tolist(), line[bad_rows].tolist(), reason[bad_rows].tolist(), strict=True
+    ):
+        by_source[s].rejects.append(Reject(int(ln), messages[why]))
 
-    df = df[ok].reset_index(drop=True)
-    tenure, left = tenure[ok], left[ok]
-    promo_years, promo_censored = promo_years[ok], promo_censored[ok]
-    hire_shown = _iso(dates["hire_date"][ok].reset_index(drop=True)) if "hire_date" in dates else None
+    rows = np.flatnonzero(ok)
+    df = {k: v.iloc[rows].reset_index(drop=True) for k, v in df.items()}
+    source, line = source.iloc[rows].reset_index(drop=True), line[rows]
+    tenure, left = tenure[rows], left[rows]
+    promo_years, promo_censored = promo_years[rows], promo_censored[rows]
+    hire_shown = None  # the parsed hire date, ISO
+    if "hire_date" in dates:
+        hire_shown = Coded(df["hire_date"].cat.codes.to_numpy(), _iso(parsed["hire_date"]))
 
     user = _profiles(df, hire_shown, src)
-    raw_id = df["employee_id"] if "employee_id" in df else pd.Series("", index=df.index)
-    no_id = raw_id == ""
-    group = raw_id.where(~no_id, "line:" + df["source"] + ":" + df["line"].astype(str))
+    raw_id = (
+        raw_id.take(pa.array(rows)) if raw_id is not None else pa.array([""] * len(rows), type=pa.string())
+    )
+    group = _groups(raw_id, source, line)
     frame = pd.DataFrame(
         {
-            "id": _ids(group, df, cfg),
-            "user_json": user,
-            "source": df["source"],
-            "line": df["line"],
-            "group": group,
-            "stratum": np.where(left, "left", "stayed"),
+            "id": pd.Series(pd.arrays.ArrowExtensionArray(_ids(group, source, line, cfg))),
+            "source": source,
+            "line": line,
+            "group": pd.Series(pd.arrays.ArrowExtensionArray(group)),
+            "stratum": pd.Categorical.from_codes(np.where(left, 0, 1).astype(np.int8), ["left", "stayed"]),
         }
     )
     label = {
-        "tenure_years": pd.Series(np.round(tenure, 3), dtype=object),
-        "tenure_censored": pd.Series(~left, dtype=object),
-        "promotion_years": pd.Series(_nan_to_none(np.round(promo_years, 3)), dtype=object),
-        "promotion_censored": pd.Series(promo_censored, dtype=object),
-        "attrition": pd.Series(left, dtype=object),
+        "tenure_years": pd.Series(np.round(tenure, 3)),
+        "tenure_censored": pd.Series(~left),
+        "promotion_years": pd.Series(np.round(promo_years, 3)),
+        "promotion_censored": pd.Series(promo_censored),
+        "attrition": pd.Series(left),
     }
-    meta = {
-        f: _or_none(df[f]) if f in df else pd.Series(None, index=df.index, dtype=object) for f in TEXT_FIELDS
-    }
-    meta["source"] = df["source"]
-    meta["source_line"] = df["line"]
+    meta = {f: _or_none(df[f]) if f in df else _all_none(len(rows)) for f in TEXT_FIELDS}
+    meta["source"] = source
+    meta["source_line"] = pd.Series(line)
     meta = {
         k: meta[k] for k in ("department", "region", "title", "performance_rating", "source", "source_line")
     }
     extra = {"as_of": None if pd.isna(as_of) else as_of.strftime("%Y-%m-%d")}
-    return ExampleFrame(frame, label, meta), rejects, n_records, extra
+    return ExampleFrame(frame, label, meta, {"user": user}), rejects, n_records, extra
 
 
 def input_paths(cfg) -> list[str]:
@@ -236,7 +290,7 @@ def system_prompt(ex: ExampleFrame, cfg) -> str:
     return cfg.data_prep.system_prompt
 
 
-def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, pd.Series], dict]:
+def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, Text], dict]:
     """Write every example's answer from its labels and its cohort's training-split statistics.
 
     Returns:
@@ -247,7 +301,7 @@ def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, pd.Series], dict]:
     """
     src = cfg.data_prep
     meta = ex.meta
-    train = (ex.frame["split"] == "train").to_numpy()
+    train = np.asarray(ex.frame["split"] == "train")
     tenure = ex.label["tenure_years"].to_numpy(dtype=float)
     left = ex.label["attrition"].to_numpy(dtype=bool)
     promo = ex.label["promotion_years"].to_numpy(dtype=float, na_value=np.nan)
@@ -255,49 +309,57 @@ def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, pd.Series], dict]:
     has_promo_dates = bool(src.columns.get("promotion_date"))
 
     levels = [list(src.cohort[: len(src.cohort) - i]) for i in range(len(src.cohort) + 1)]
-    chosen = np.full(len(tenure), "", dtype=object)
+    names: list[str] = []  # cohort names; a row's cohort is an index into it
+    index: dict[str, int] = {}
+    chosen = np.full(len(tenure), -1, dtype=np.int64)
     stats: dict[str, dict] = {}
+    # Training rows by tenure, once: each cohort's rows taken in this order arrive sorted for Kaplan-Meier.
+    rows = np.flatnonzero(train)
+    rows = rows[np.argsort(tenure[rows], kind="stable")]
     for fields in levels:
-        if fields:
-            key = meta[fields[0]].fillna("unknown").astype(str)
-            for f in fields[1:]:
-                key = key + " / " + meta[f].fillna("unknown").astype(str)
-            key = key.to_numpy(dtype=object)
-        else:
-            key = np.full(len(tenure), "all employees", dtype=object)
-        rows = np.flatnonzero(train)
-        for k, i in pd.Series(rows).groupby(key[rows]).indices.items():
+        key = _cohort_keys([meta[f] for f in fields], len(tenure), names, index)
+        order = np.argsort(narrow_codes(key[rows], len(names)), kind="stable")  # radix sort for small ints
+        bounds = np.flatnonzero(np.diff(key[rows][order])) + 1
+        for i in np.split(order, bounds) if len(order) else []:
             m = rows[i]
+            k = names[key[m[0]]]
             if k in stats or (len(m) < src.min_cohort and fields):
                 continue
             stats[k] = _cohort_stats(tenure[m], left[m], promo[m], promo_event[m])
-        take = (chosen == "") & pd.Series(key).isin(stats.keys()).to_numpy()
+        has_stats = np.array([k in stats for k in names], dtype=bool)
+        take = (chosen < 0) & has_stats[key]
         chosen[take] = key[take]
     if not stats:
         stats["all employees"] = _cohort_stats(tenure[:0], left[:0], promo[:0], promo_event[:0])
-        chosen[chosen == ""] = "all employees"
+        chosen[chosen < 0] = _name_index("all employees", names, index)
     overall = stats.get("all employees") or _cohort_stats(
         tenure[train], left[train], promo[train], promo_event[train]
     )
     reasons = {k: _reasons(k, s, overall, has_promo_dates) for k, s in stats.items()}
 
-    rate = per_unique(chosen, lambda k: stats[k]["attrition_rate"]).astype(float)
+    # Every row's chosen cohort has statistics; the categories are those cohorts alone.
+    codes, used = pd.factorize(chosen)
+    cohort = pd.Categorical.from_codes(codes, categories=pd.Index([names[u] for u in used], dtype=object))
+    rate = np.array([stats[k]["attrition_rate"] for k in cohort.categories], dtype=float)[codes]
     prob = np.round(rate, 2)
-    risk = np.where(left, "high", np.where(rate >= src.medium_risk_rate, "medium", "low"))
+    risk = pd.Categorical.from_codes(
+        np.where(left, 2, np.where(rate >= src.medium_risk_rate, 1, 0)).astype(np.int8),
+        ["low", "medium", "high"],
+    )
     promo_answer = np.where(promo_event, promo, np.nan)
-    literals = hr_answer_literals(tenure, promo_answer, risk, prob, chosen, reasons, cfg.answer_format)
-    return {"assistant_json": pd.Series(literals, index=ex.frame.index, dtype=object)}, {
+    text = hr_answer_literals(tenure, promo_answer, risk, prob, cohort, reasons, cfg.answer_format)
+    return {"assistant": text}, {
         "cohorts": {
             k: {kk: v for kk, v in s.items() if kk != "attrition_rate"} for k, s in sorted(stats.items())
         }
     }
 
 
-def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: str) -> np.ndarray:
+def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: str) -> Text:
     """`data_prep.answers.render_answer` for many HR answers at once, as JSON string literals.
 
-    Each piece is formatted and escaped once per distinct value, then the pieces are concatenated
-    column-wise; ``json.loads`` of a literal equals ``render_answer("hr", answer, fmt)``.
+    Each piece is formatted and escaped once per distinct value; the pieces are joined row-wise when
+    the lines are written. ``json.loads`` of a literal equals ``render_answer("hr", answer, fmt)``.
 
     Args:
         tenure: Tenure in years per example.
@@ -309,14 +371,14 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
         fmt: ``prose`` or ``json``.
 
     Examples:
-        python -c "from data_prep.hr import hr_answer_literals as f; print(f([3.14], [float('nan')], ['low'], [0.1], ['all'], {'all': ('a', 'b', 'c')}, 'prose')[0])"
+        python -c "from data_prep.hr import hr_answer_literals as f; print(f([3.14], [float('nan')], ['low'], [0.1], ['all'], {'all': ('a', 'b', 'c')}, 'prose').strings().to_pylist()[0])"
     """
     prose = fmt == "prose"
 
-    def piece(values, render) -> np.ndarray:
-        return per_unique(values, lambda v: _esc(render(v)))
+    def piece(values, render) -> Coded:
+        return coded(values, lambda v: _esc(render(v)))
 
-    def reason(i: int) -> np.ndarray:
+    def reason(i: int) -> Coded:
         return piece(cohort, lambda k: reasons[k][i] if prose else encode_basestring(reasons[k][i]))
 
     def years(v) -> str:
@@ -324,7 +386,7 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
 
     t = piece(np.round(np.asarray(tenure, dtype=float), 1), years)
     p = piece(
-        _nan_to_none(np.round(np.asarray(promo, dtype=float), 1)),
+        np.round(np.asarray(promo, dtype=float), 1),
         lambda v: (NOT_EXPECTED if prose else "null")
         if v is None
         else (f"{years(v)} years" if prose else years(v)),
@@ -369,7 +431,7 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
             reason(2),
             "}}",
         ]
-    return concat(['"', *(_esc(x) if isinstance(x, str) else x for x in parts), '"'], len(t))
+    return Text(['"', *(_esc(x) if isinstance(x, str) else x for x in parts), '"'])
 
 
 def parse_dates(s: pd.Series, formats: list[str]) -> pd.Series:
@@ -378,19 +440,21 @@ def parse_dates(s: pd.Series, formats: list[str]) -> pd.Series:
     Examples:
         python -c "import pandas as pd; from data_prep.hr import parse_dates; print(parse_dates(pd.Series(['3/30/2015', '2015-03-30', 'x']), ['%Y-%m-%d', '%m/%d/%Y']))"
     """
-    out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
     codes, uniques = pd.factorize(s.to_numpy(dtype=object))
-    if len(uniques) == 0:
-        return out
-    u = pd.Series(uniques, dtype=object)
+    values = _parse_unique(uniques, formats)
+    return pd.Series(np.where(codes >= 0, values[codes], np.datetime64("NaT")), index=s.index)
+
+
+def _parse_unique(values, formats: list[str]) -> np.ndarray:
+    """Distinct strings -> datetime64[ns], each with the first of ``formats`` that fits ("" is NaT)."""
+    u = pd.Series(np.asarray(values, dtype=object), dtype=object)
     parsed = pd.Series(pd.NaT, index=u.index, dtype="datetime64[ns]")
     for fmt in formats:
         todo = parsed.isna() & (u != "")
         if not todo.any():
             break
         parsed[todo] = pd.to_datetime(u[todo], format=fmt, errors="coerce")
-    values = parsed.to_numpy()
-    return pd.Series(np.where(codes >= 0, values[codes], np.datetime64("NaT")), index=s.index)
+    return parsed.to_numpy()
 
 
 def _as_of(text: str, dates: dict, formats: list[str]):
@@ -405,76 +469,196 @@ def _as_of(text: str, dates: dict, formats: list[str]):
     return max(latest) if latest else pd.NaT
 
 
-def _values_msg(values: pd.Series, template: str):
-    def message(mask):
-        return [template.format(v[:80]) for v in values.to_numpy()[mask]]
+def _column(tables: list, column: str) -> pa.Array:
+    """One column of every input, one after the other, as Arrow strings."""
+    chunks = [chunk for _, t in tables for chunk in t.arrow.column(column).chunks]
+    if not chunks:
+        return pa.array([], type=pa.string())
+    return chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
 
-    return message
 
-
-def _strip(s: pd.Series) -> pd.Series:
+def _categories(values: pa.Array, recode: dict | None) -> pd.Series:
+    """Stripped (and recoded) values as a categorical Series: each distinct raw value handled once."""
+    encoded = values.dictionary_encode()
+    texts = ["" if v is None else v.strip() for v in encoded.dictionary.to_pylist()]
+    if recode:
+        texts = [recode.get(v, v) for v in texts]
+    remap, uniques = pd.factorize(np.asarray(texts, dtype=object))
+    codes = remap[encoded.indices.to_numpy()] if len(texts) else np.zeros(len(values), dtype=np.int64)
     return pd.Series(
-        per_unique(s.to_numpy(dtype=object), lambda v: "" if v is None else v.strip()), index=s.index
+        pd.Categorical.from_codes(codes.astype(np.int32), categories=pd.Index(uniques, dtype=object))
     )
 
 
+def _is(values: pd.Series, text: str) -> np.ndarray:
+    """Rows of a categorical Series equal to ``text``."""
+    cats = values.cat.categories
+    hit = np.array([c == text for c in cats], dtype=bool)
+    return hit[values.cat.codes.to_numpy()] if len(cats) else np.zeros(len(values), dtype=bool)
+
+
+# First bytes of the UTF-8 characters ``str.strip`` removes (ASCII whitespace and separators, U+0085,
+# U+00A0, U+1680, U+2000-U+205F, U+3000), and last bytes (those, or the end of any non-ASCII character).
+_WS_FIRST = np.zeros(256, dtype=bool)
+_WS_FIRST[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0xC2, 0xE1, 0xE2, 0xE3]] = True
+_WS_LAST = np.zeros(256, dtype=bool)
+_WS_LAST[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_WS_LAST[0x80:] = True
+
+
+def _strip_strings(values: pa.Array) -> pa.Array:
+    """``str.strip`` of every value, in Python only for the few that start or end with a candidate byte."""
+    values = pc.fill_null(values, "").cast(pa.large_string())
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=n + 1, offset=values.offset * 8)
+    data = values.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    nonempty = np.flatnonzero(offsets[1:] > offsets[:-1])
+    cand = nonempty[_WS_FIRST[raw[offsets[nonempty]]] | _WS_LAST[raw[offsets[nonempty + 1] - 1]]]
+    if len(cand):
+        mask = np.zeros(n, dtype=bool)
+        mask[cand] = True
+        stripped = pa.array([v.strip() for v in values.take(pa.array(cand)).to_pylist()], pa.large_string())
+        values = pc.replace_with_mask(values, pa.array(mask), stripped)
+    return values
+
+
+def _recode_strings(values: pa.Array, mapping: dict) -> pa.Array:
+    keys = pa.array(list(mapping), type=values.type)
+    at = pc.index_in(values, value_set=keys)
+    replaced = pa.array(list(mapping.values()), type=values.type).take(at)
+    return pc.if_else(at.is_valid(), replaced, values)
+
+
 def _or_none(s: pd.Series) -> pd.Series:
-    return s.where(s != "", None).astype(object)
+    """Empty values as None (null in the meta), the others unchanged."""
+    codes = s.cat.codes.to_numpy()
+    return pd.Series(pd.Categorical.from_codes(np.where(_is(s, ""), -1, codes), categories=s.cat.categories))
 
 
-def _iso(d: pd.Series) -> pd.Series:
-    codes, uniques = pd.factorize(d)
-    text = np.array(list(pd.DatetimeIndex(uniques).strftime("%Y-%m-%d")) + [""], dtype=object)
-    return pd.Series(text[codes], index=d.index)
+def _all_none(n: int) -> pd.Series:
+    return pd.Series(
+        pd.Categorical.from_codes(np.full(n, -1, dtype=np.int8), categories=pd.Index([], dtype=object))
+    )
 
 
-def _profiles(df: pd.DataFrame, hire_shown, src) -> np.ndarray:
-    """The user message of every row as a JSON string literal, built column by column."""
+def _iso(parsed: np.ndarray) -> pa.Array:
+    """YYYY-MM-DD of each parsed date, "" for NaT."""
+    text = pd.DatetimeIndex(parsed).strftime("%Y-%m-%d")
+    return pa.array(["" if pd.isna(v) else v for v in text], type=pa.string())
+
+
+def _profiles(df: dict, hire_shown: Coded | None, src) -> Text:
+    """The user message of every row as a JSON string literal, in pieces: one `Coded` per shown field."""
     parts: list = ['"' + _esc("Employee Profile:\n")]
-    shown = [("hire_date", hire_shown)] + [(f, df[f] if f in df else None) for f in TEXT_FIELDS]
-    shown += [(c, df["profile:" + c]) for c in src.profile]
     labels = {**PROFILE_LABELS, **{c: lab for c, lab in src.profile.items()}}
+    if hire_shown is not None:
+        texts = [_line(labels["hire_date"], v) for v in hire_shown.texts.to_pylist()]
+        parts.append(Coded(hire_shown.codes, _texts(texts)))
+    shown = [(f, df[f]) for f in TEXT_FIELDS if f in df] + [(c, df["profile:" + c]) for c in src.profile]
     for f, values in shown:
-        if values is not None:
-            label = labels[f]
-            parts.append(per_unique(values.to_numpy(dtype=object), lambda v, lab=label: _line(lab, v)))
+        texts = [_line(labels[f], v) for v in values.cat.categories]
+        parts.append(Coded(values.cat.codes.to_numpy(), _texts(texts)))
     parts.append(_esc("\n" + QUESTION) + '"')
-    return concat(parts, len(df))
+    return Text(parts)
+
+
+def _texts(texts: list[str]) -> pa.Array:
+    return pa.array(texts, type=pa.large_string())
 
 
 def _line(label: str, value) -> str:
     return _esc(f"- {label}: {value}\n") if value else ""
 
 
-def _nan_to_none(x: np.ndarray) -> np.ndarray:
-    out = x.astype(object)
-    out[np.isnan(x)] = None
-    return out
-
-
 def _esc(text: str) -> str:
     return encode_basestring(text)[1:-1]
 
 
-def _ids(group: pd.Series, df: pd.DataFrame, cfg) -> pd.Series:
+def _groups(raw_id: pa.Array, source: pd.Series, line: np.ndarray) -> pa.Array:
+    """The employee id, or ``line:<source>:<line>`` for a record without one."""
+    no_id = np.flatnonzero(pc.binary_length(raw_id).to_numpy(zero_copy_only=False) == 0)
+    if not len(no_id):
+        return raw_id
+    names = pa.array(source.cat.categories.tolist(), type=pa.string())
+    keys = Text(
+        [
+            "line:",
+            Coded(source.cat.codes.to_numpy()[no_id], names),
+            ":",
+            pc.cast(pa.array(line[no_id]), pa.string()),
+        ]
+    ).strings()
+    mask = np.zeros(len(raw_id), dtype=bool)
+    mask[no_id] = True
+    return pc.replace_with_mask(raw_id.cast(keys.type), pa.array(mask), keys)
+
+
+def _ids(group: pa.Array, source: pd.Series, line: np.ndarray, cfg) -> pa.Array:
     if cfg.pii.mode == "drop":
-        ids = np.array(
-            [f"hr-{Path(s).stem}-{line}" for s, line in zip(df["source"], df["line"], strict=True)],
-            dtype=object,
-        )
+        stems = pa.array([Path(s).stem for s in source.cat.categories], type=pa.string())
+        ids = Text(
+            ["hr-", Coded(source.cat.codes.to_numpy(), stems), "-", pc.cast(pa.array(line), pa.string())]
+        ).strings()
+        key = ids.dictionary_encode().indices.to_numpy()
     else:
         # SipHash keyed by the salt (pandas' hash_array): a keyed hash, cheap for a million ids.
         salt = cfg.pii.salt or os.urandom(16).hex()
-        key = base64.b64encode(hashlib.sha256(salt.encode()).digest()).decode()[:16]
-        h = pd.util.hash_array(group.to_numpy(dtype=object), hash_key=key)
-        hexed = h.astype(">u8").tobytes().hex()
-        ids = np.array(["hr-" + hexed[i : i + 16] for i in range(0, len(hexed), 16)], dtype=object)
-    ids = pd.Series(ids, index=group.index, dtype=object)
-    if not ids.duplicated().any():
+        hash_key = base64.b64encode(hashlib.sha256(salt.encode()).digest()).decode()[:16]
+        h = hash_strings(group, hash_key)
+        ids, key = _hex_ids("hr-", h), h
+    if not pd.Series(key).duplicated().any():
         return ids
     # An employee with several records keeps one id per record: -2, -3, ... after the first.
-    n = ids.groupby(ids).cumcount()
-    return ids.where(n == 0, ids + "-" + (n + 1).astype(str))
+    codes, _ = pd.factorize(key)
+    n = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+    again = np.flatnonzero(n > 0)
+    suffixed = [
+        f"{i}-{k + 1}" for i, k in zip(ids.take(pa.array(again)).to_pylist(), n[again].tolist(), strict=True)
+    ]
+    return pc.replace_with_mask(ids, pa.array(n > 0), pa.array(suffixed, type=ids.type))
+
+
+# The two hex digits of each byte value, as the 2 bytes of one uint16 (in memory order).
+_HEX = np.frombuffer("".join(f"{i:02x}" for i in range(256)).encode(), dtype=np.uint16)
+
+
+def _hex_ids(prefix: str, h: np.ndarray) -> pa.Array:
+    """``prefix`` + 16 hex digits of each hash (big-endian), built as one fixed-width buffer."""
+    n, head = len(h), np.frombuffer(prefix.encode(), dtype=np.uint8)
+    width = len(head) + 16
+    out = np.empty((n, width), dtype=np.uint8)
+    out[:, : len(head)] = head
+    out[:, len(head) :] = _HEX[h.astype(">u8").view(np.uint8)].view(np.uint8).reshape(n, 16)
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out))
+
+
+def _cohort_keys(columns: list[pd.Series], n: int, names: list[str], index: dict[str, int]) -> np.ndarray:
+    """Each row's cohort name as an index into ``names`` (which grows by the names not seen before).
+
+    The name joins the row's values with `` / `` ("unknown" for a missing one), or is "all employees"
+    without fields; it is spelt once per distinct combination of values.
+    """
+    combined = np.zeros(n, dtype=np.int64)
+    parts: list[list[str]] = [[]]
+    for col in columns:
+        cats = [str(c) for c in col.cat.categories] + ["unknown"]
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        codes = np.where(codes < 0, len(cats) - 1, codes)
+        combined, pairs = pd.factorize(combined * len(cats) + codes)
+        parts = [parts[int(p) // len(cats)] + [cats[int(p) % len(cats)]] for p in pairs]
+    if not columns:
+        return np.full(n, _name_index("all employees", names, index), dtype=np.int64)
+    lookup = np.array([_name_index(" / ".join(p), names, index) for p in parts], dtype=np.int64)
+    return lookup[combined] if n else np.zeros(0, dtype=np.int64)
+
+
+def _name_index(name: str, names: list[str], index: dict[str, int]) -> int:
+    if name not in index:
+        index[name] = len(names)
+        names.append(name)
+    return index[name]
 
 
 def _km_median(t: np.ndarray, event: np.ndarray) -> float | None:
@@ -483,7 +667,10 @@ def _km_median(t: np.ndarray, event: np.ndarray) -> float | None:
         return None
     order = np.argsort(t, kind="stable")
     t, event = t[order], event[order].astype(float)
-    times, first = np.unique(t, return_index=True)
+    # The first row of each distinct time (t is sorted; NaNs, last, count as one time).
+    new = (t[1:] != t[:-1]) & ~(np.isnan(t[1:]) & np.isnan(t[:-1]))
+    first = np.flatnonzero(np.concatenate([[True], new]))
+    times = t[first]
     at_risk = len(t) - first
     events = np.add.reduceat(event, first)
     surv = np.cumprod(1.0 - events / at_risk)

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from omegaconf import DictConfig
 
 from data_prep import config as _config  # noqa: F401  (registers the schema in the ConfigStore)
 from data_prep import hr, rubric, tickets
 from data_prep.config import ConfigError, validate
-from data_prep.dataset import SPLITS, assign_splits, drop_duplicates, write_dataset
+from data_prep.dataset import SPLITS, drop_duplicates, split_codes, write_dataset
 from data_prep.table import InputError
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,11 @@ def run(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> dict:
     for source, r in dups:
         by_source[source].rejects.append(r)
     fractions = {name: float(cfg.splits[name]) for name in SPLITS}
-    ex.frame["split"] = assign_splits(ex.frame["group"], ex.frame["stratum"], fractions, cfg.seed)
+    codes = split_codes(ex.frame["group"], ex.frame["stratum"], fractions, cfg.seed)
+    ex.frame["split"] = pd.Categorical.from_codes(codes, categories=SPLITS)
     answer_columns, answer_extra = module.answers(ex, cfg)
     for name, values in answer_columns.items():
-        ex.frame[name] = values
+        ex.set_column(name, values)
     manifest = write_dataset(
         cfg.out_dir,
         ex,

@@ -7,9 +7,13 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from dp_helpers import hr_rows, prepare, read_rejects, read_split_files, to_csv_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from data_prep.dataset import SPLITS, assign_splits
+from data_prep import dataset
+from data_prep.dataset import SPLITS, Coded, Text, assign_splits, first_rows, hash_strings
 from data_prep.schema import ChatExample
 
 
@@ -74,3 +78,76 @@ def test_stratification_holds_on_every_split(tmp_path, hr_csv):
         total = sum(dist[s].get(stratum, 0) for s in SPLITS)
         for s, frac in (("validation", 0.1), ("test", 0.1)):
             assert abs(dist[s].get(stratum, 0) - total * frac) <= 0.5 + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=40), max_size=50))
+def test_hash_strings_is_pandas_hash_array(values):
+    key = "0123456789abcdef"
+    want = pd.util.hash_array(np.array(values, dtype=object), hash_key=key)
+    got = hash_strings(pa.array(values, type=pa.string()), key)
+    assert got.tolist() == want.tolist()
+    # A slice (a non-zero offset into the buffers) hashes the same as a fresh array.
+    if len(values) > 2:
+        assert hash_strings(pa.array(values).slice(1), key).tolist() == want[1:].tolist()
+
+
+def _coded(texts, codes):
+    return Coded(np.asarray(codes, dtype=np.int16), pa.array(texts, type=pa.large_string()))
+
+
+def test_fused_text_spells_the_same_rows_and_keys_follow_the_strings():
+    text = Text(
+        [
+            "<",
+            _coded(["a", "ab", "x"], [0, 1, 2, 0, 1, 2, 2, 0, 1, 1]),
+            "|",
+            _coded(["bc", "c", "c"], [1, 1, 0, 0, 2, 2, 1, 0, 0, 1]),
+            pa.array([str(i) for i in range(10)]),
+            ">",
+        ]
+    )
+    spelt = [
+        "<a|c0>",
+        "<ab|c1>",
+        "<x|bc2>",
+        "<a|bc3>",
+        "<ab|c4>",
+        "<x|c5>",
+        "<x|c6>",
+        "<a|bc7>",
+        "<ab|bc8>",
+        "<ab|c9>",
+    ]
+    assert text.strings().to_pylist() == spelt
+    fused = text.fused()
+    assert fused.strings().to_pylist() == spelt
+    # The two coded columns and the literals around them became one column of 3 x 3 texts.
+    assert [type(p).__name__ for p in fused.parts] == ["Coded", "StringArray", "str"]
+    assert len(fused.parts[0].texts) == 9
+    assert text.nbytes().tolist() == [len(s) for s in spelt]
+    assert text.take(np.array([4, 0])).strings().to_pylist() == [spelt[4], spelt[0]]
+
+    # Distinct code combinations can spell one string: "ab" + "c" == "a" + "bc".
+    prompts = Text(
+        ['"', _coded(["ab", "a", "q"], [0, 1, 0, 2, 1]), _coded(["c", "bc"], [0, 1, 0, 0, 1]), '"']
+    )
+    assert prompts.strings().to_pylist() == ['"abc"', '"abc"', '"abc"', '"qc"', '"abc"']
+    assert prompts.row_keys().tolist() == [0, 0, 0, 1, 0]
+
+
+def test_first_rows_of_codes_numbered_by_first_appearance():
+    codes, _ = pd.factorize(np.array(["b", "a", "b", "c", "a", "c", "d"], dtype=object))
+    assert first_rows(codes).tolist() == [0, 1, 3, 6]
+    assert first_rows(np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+def test_small_write_blocks_give_the_same_bytes(tmp_path, monkeypatch, hr_csv):
+    big, out_big = prepare(tmp_path / "a", "data_prep=hr_generic", f"input={hr_csv}")
+    monkeypatch.setattr(dataset, "WRITE_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(dataset, "KEEP_CACHED_BYTES", 8192)
+    small, out_small = prepare(tmp_path / "b", "data_prep=hr_generic", f"input={hr_csv}")
+    assert small["outputs"] == big["outputs"]
+    for name in SPLITS:
+        assert (out_small / f"{name}.jsonl").read_bytes() == (out_big / f"{name}.jsonl").read_bytes()
+    assert (out_small / "train.jsonl").stat().st_size > 8 * 8192  # many blocks, most dropped from the cache

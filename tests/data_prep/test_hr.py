@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from dp_helpers import prepare, read_rejects, read_split_files, shared
 
+from data_prep import hr
 from data_prep.answers import parse_answer, render_answer
 from data_prep.hr import _km_median, parse_dates
 
@@ -190,3 +193,55 @@ def test_real_hrdataset_v14_mixed_dates_and_names(tmp_path):
     dates = pd.concat([src["DateofHire"], src["DateofTermination"]])
     latest = pd.to_datetime(dates[dates != ""], format="%m/%d/%Y").max()
     assert manifest["as_of"] == latest.strftime("%Y-%m-%d")
+
+
+def test_whitespace_bytes_cover_every_character_strip_removes():
+    for c in map(chr, range(sys.maxunicode + 1)):
+        if c.isspace():
+            b = c.encode("utf-8")
+            assert hr._WS_FIRST[b[0]] and hr._WS_LAST[b[-1]], hex(ord(c))
+    values = ["E1", " E2", "E3\u00a0", "\u3000E4\t", "", "Zürich ", "\x1cE5", "E\u00e96", "  "]
+    got = hr._strip_strings(pa.array(values)).to_pylist()
+    assert got == [v.strip() for v in values]
+
+
+def test_hex_ids_are_the_hashes_in_hex():
+    h = np.array([0, 1, 2**64 - 1, 0x0123456789ABCDEF], dtype=np.uint64)
+    assert hr._hex_ids("hr-", h).to_pylist() == [f"hr-{int(x):016x}" for x in h]
+
+
+def test_ids_strip_and_repeat_per_employee(tmp_path):
+    p = tmp_path / "ids.csv"
+    p.write_text(
+        "employee_id,hire_date,title,department,actual_tenure,attrition\n"
+        "E7,2015-01-01,Analyst,Sales,1.5,no\n"
+        "\u00a0E7 ,2016-01-01,Analyst,Sales,2.5,no\n"
+        "E8,2016-01-01,Analyst,Sales,3.5,no\n",
+        encoding="utf-8",
+    )
+    cols = [f"data_prep.columns.{f}=''" for f in ("name", "promotion_date", "region", "performance_rating")]
+    manifest, out = prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols)
+    examples = {e.meta["source_line"]: e for s in read_split_files(out).values() for e in s}
+    assert examples[3].id == examples[2].id + "-2"
+    assert examples[4].id != examples[2].id and len(examples[4].id) == 19
+    assert len({s for s, exs in read_split_files(out).items() for e in exs if e.meta["source_line"] < 4}) == 1
+
+
+def test_tenure_that_is_no_date_span_is_rejected_or_kept_without_crashing(tmp_path):
+    p = tmp_path / "odd.csv"
+    p.write_text(
+        "employee_id,hire_date,promotion_date,title,department,actual_tenure,attrition\n"
+        "E1,2015-01-01,2016-01-01,Analyst,Sales,inf,no\n"
+        "E2,2015-01-01,,Analyst,Sales,1e300,no\n"
+        "E3,2015-01-01,2016-01-01,Analyst,Sales,3,no\n",
+        encoding="utf-8",
+    )
+    cols = [f"data_prep.columns.{f}=''" for f in ("name", "region", "performance_rating")]
+    manifest, out = prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols)
+    assert [(r["line"], r["reason"]) for r in read_rejects(out)] == [
+        (2, "actual_tenure 'inf' is not a non-negative number of years")
+    ]
+    labels = {e.meta["source_line"]: e.label for s in read_split_files(out).values() for e in s}
+    # No end of employment for 1e300 years: no observed promotion window.
+    assert labels[3]["tenure_years"] == 1e300 and labels[3]["promotion_years"] is None
+    assert labels[4]["promotion_years"] == round(365 / 365.25, 3) and not labels[4]["promotion_censored"]

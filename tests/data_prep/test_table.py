@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from dp_helpers import hr_rows, shared, to_csv_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_prep import table
 from data_prep.table import InputError, read_table
@@ -69,10 +72,97 @@ def test_fast_and_exact_paths_agree(tmp_path):
     df.loc[5, "name"] = 'Doe, "Jay"'
     raw = to_csv_bytes(df, crlf=True)
     fast = table._read_csv_fast(raw, 100_000, False, ",")
+    arrow = table._read_csv_arrow(raw, 100_000, False, ",")
     exact = table._read_csv_exact(raw, 100_000, False, ",")
-    assert fast is not None
+    assert fast is not None and arrow is not None
     pd.testing.assert_frame_equal(fast.frame, exact.frame)
-    assert fast.line.tolist() == exact.line.tolist() == list(range(2, 302))
+    pd.testing.assert_frame_equal(arrow.frame, exact.frame)
+    assert fast.line.tolist() == arrow.line.tolist() == exact.line.tolist() == list(range(2, 302))
+
+
+def _pandas_or_exact(raw: bytes, max_field_chars: int):
+    return table._read_csv_fast(raw, max_field_chars, False, ",") or table._read_csv_exact(
+        raw, max_field_chars, False, ","
+    )
+
+
+def _assert_same(a, b):
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    assert a.line.tolist() == b.line.tolist()
+    assert a.rejects == b.rejects
+
+
+def test_arrow_path_reads_what_pandas_reads(tmp_path):
+    data = (
+        "a,b,c\n"
+        "1,2,3\n"
+        "\n"  # blank line 3
+        "4,5\n"  # too few fields, line 4
+        '6,"x, ""y""",' + "z" * 40 + "\n"  # quoted field; an over-long field on line 5
+        "   \n"  # whitespace only, line 6
+        "7,8,9\n"
+        "10,11"  # cut off, line 8
+    ).encode()
+    arrow = table._read_csv_arrow(data, 30, False, ",")
+    assert arrow is not None and isinstance(arrow.data, pa.Table)
+    _assert_same(arrow, _pandas_or_exact(data, 30))
+    assert arrow.line.tolist() == [2, 7]
+    assert [r.line for r in arrow.rejects] == [3, 4, 5, 6, 8]
+    assert arrow.rejects[2].reason.startswith("a field has 40 characters")
+    assert arrow.rejects[4].reason.startswith("truncated record")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\n1,2,3\n",  # extra fields: pandas skips the record, so the exact path reads the file
+        b'a,b\n1,"x\ny"\n',  # a quoted line break
+        b"a,b\n1,\xff\n",  # invalid UTF-8
+        b"a,a\n1,2\n",  # repeated header names
+        b'a,b\n1,"x"y\n',  # a quote the csv module rejects
+    ],
+)
+def test_arrow_path_leaves_other_files_to_the_other_paths(data):
+    assert table._read_csv_arrow(data, 100, False, ",") is None
+
+
+clean_fields = st.sampled_from(
+    [b"", b"a", b"12", b" ", b"\t", b'""', b'"x,y"', b'"q""q"', b"\xc3\xa9", b"\xe2\x80\x83", b"\xc2\xa0"]
+    + [b'ab""c', b"aaaaaaa"]
+)
+# Mostly three fields (the headers' count), now and then fewer or none (a blank line).
+csv_lines = st.one_of(
+    *[st.lists(clean_fields, min_size=3, max_size=3)] * 8, st.lists(clean_fields, max_size=3)
+).map(b",".join)
+# Bytes that send a file to another path (or not, if they land in a quoted field).
+broken = st.sampled_from([b'"\n"', b"\xff", b"\x00", b'"ab"c', b"\r", b'"', b",x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.sampled_from([b"a,b,c", b'"a","b,c",d', b" a , b ,c", b"x"]),
+    lines=st.lists(csv_lines, max_size=12),
+    newline=st.sampled_from([b"\n", b"\r\n"]),
+    cut_off=st.booleans(),
+    damage=st.none() | st.tuples(st.integers(0, 400), broken),
+    max_field_chars=st.sampled_from([3, 100]),
+)
+def test_arrow_and_pandas_paths_agree_on_any_bytes(header, lines, newline, cut_off, damage, max_field_chars):
+    raw = newline.join([header, *lines]) + (b"" if cut_off else newline)
+    if damage:
+        at = len(header) + damage[0] % max(1, len(raw) - len(header))
+        raw = raw[:at] + damage[1] + raw[at:]
+    arrow = table._read_csv_arrow(raw, max_field_chars, False, ",")
+    if arrow is not None:
+        _assert_same(arrow, _pandas_or_exact(raw, max_field_chars))
+
+
+def test_arrow_and_pandas_paths_agree_on_real_files():
+    for name in ("hr/HRDataset_v14.csv", "hr/ibm_hr_attrition.csv"):
+        path = shared(name)
+        arrow = read_table(path, arrow=True)
+        assert isinstance(arrow.data, pa.Table)
+        _assert_same(arrow, read_table(path))
 
 
 def test_parquet_rows_numbered_from_one(tmp_path):

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launch_helpers import REPO, free_port, run_two_nodes
 
 from launch.__main__ import dry_run
 from launch.executors import environment, problems
 from launch.preflight import bus_bandwidth
 from recipes.plan import compose
 
-REPO = Path(__file__).resolve().parents[2]
 HCA = "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1"
 
 
@@ -151,46 +150,33 @@ def test_bus_bandwidth_follows_nccl_tests():
     assert bus_bandwidth(10**9, 0.5, 4) == 3e9  # 2 GB/s x 2 * 3 / 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_preflight_all_reduce_across_two_torchrun_nodes(tmp_path):
-    port = _free_port()
+    port = free_port()
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    procs = [
-        subprocess.Popen(
-            [
-                torchrun,
-                "--nnodes=2",
-                f"--node_rank={rank}",
-                "--nproc-per-node=1",
-                "--master_addr=127.0.0.1",
-                f"--master_port={port}",
-                "-m",
-                "launch.preflight",
-                "--backend",
-                "gloo",
-                "--size-mb",
-                "2",
-                "--iters",
-                "3",
-                "--timeout-s",
-                "60",
-                "--json",
-                str(tmp_path / f"node{rank}.json"),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    outs = run_two_nodes(
+        lambda rank: [
+            torchrun,
+            "--nnodes=2",
+            f"--node_rank={rank}",
+            "--nproc-per-node=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "launch.preflight",
+            "--backend",
+            "gloo",
+            "--size-mb",
+            "2",
+            "--iters",
+            "3",
+            "--timeout-s",
+            "60",
+            "--json",
+            str(tmp_path / f"node{rank}.json"),
+        ],
+        tmp_path / "logs",
+        timeout=180,
+    )
     result = json.loads((tmp_path / "node0.json").read_text())
     assert (result["world_size"], result["backend"], result["correct"]) == (2, "gloo", True)
     assert result["bytes"] == 2_000_000 and result["busbw_gbs"] > 0
@@ -200,7 +186,7 @@ def test_preflight_all_reduce_across_two_torchrun_nodes(tmp_path):
 
 def test_preflight_through_the_launcher_on_two_simulated_nodes(tmp_path):
     """Both `python -m launch --preflight --node-rank 0|1` meet on 127.0.0.1 through NeMo-Run's torchrun."""
-    port = _free_port()
+    port = free_port()
     common = [
         sys.executable,
         "-m",
@@ -213,18 +199,7 @@ def test_preflight_through_the_launcher_on_two_simulated_nodes(tmp_path):
         "--preflight-args",
         f"--backend gloo --size-mb 2 --iters 3 --timeout-s 60 --json {tmp_path / 'pf.json'}",
     ]
-    procs = [
-        subprocess.Popen(
-            [*common, "--node-rank", str(rank)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
+    run_two_nodes(lambda rank: [*common, "--node-rank", str(rank)], tmp_path / "logs", timeout=300)
     result = json.loads((tmp_path / "pf.json").read_text())
     assert (result["world_size"], result["correct"]) == (2, True)
     # The workers saw the pair's environment: both RDMA devices and the interface given on the command line.

@@ -3,18 +3,14 @@ gpt-oss with expert parallel 2, save a checkpoint, stop, and resume to the loss 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launch_helpers import REPO, clean_env, free_port, run_two_nodes
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
 COMMON = [
     f"trainer.max_steps={STEPS}",
@@ -24,36 +20,13 @@ COMMON = [
 ]
 
 
-# In-process NeMo runs of earlier tests leave MASTER_PORT (still listened on by their store) and friends in
-# this process's environment; the runs started here pick their own.
-DIST_VARS = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "NODE_RANK",
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-)
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k not in DIST_VARS}, **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
 def _two_nodes(overrides: list[str], log_dir: Path) -> None:
-    """Both launchers at once, as the two Sparks would run them; rank 0's launcher starts first."""
-    port = _free_port()
+    """Both launchers at once, as the two Sparks would run them."""
+    port = free_port()
     launch = [
         sys.executable,
         "-m",
@@ -66,33 +39,14 @@ def _two_nodes(overrides: list[str], log_dir: Path) -> None:
         *COMMON,
         *overrides,
     ]
-    procs = []
-    for rank in (0, 1):
-        log = (log_dir / f"node{rank}.log").open("w")
-        procs.append(
-            subprocess.Popen(
-                [*launch, "--node-rank", str(rank)],
-                cwd=REPO,
-                env=_clean_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-    try:
-        codes = [p.wait(timeout=900) for p in procs]
-    finally:
-        for p in procs:  # a hung rendezvous or save must not outlive the test
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-    assert codes == [0, 0], (log_dir / "node0.log").read_text()[-4000:]
+    run_two_nodes(lambda rank: [*launch, "--node-rank", str(rank)], log_dir, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: one process, no expert parallelism, all steps uninterrupted (prepares model and data)."""
     work = tmp_path_factory.mktemp("work")
-    env = _clean_env(GPT_OSS_WORK=str(work))
+    env = clean_env(GPT_OSS_WORK=str(work))
     done = subprocess.run(
         [sys.executable, "-m", "recipes.finetune", *COMMON, "run_id=one"],
         cwd=REPO,
@@ -114,7 +68,6 @@ def test_two_simulated_nodes_train_with_ep2_save_and_resume_on_the_one_process_c
 
     # First launch: stops after step 3 with a checkpoint, as a preemption would. The two launchers each pick
     # their own run_id from their start time; the job agrees on rank 0's.
-    (tmp_path / "a").mkdir()
     _two_nodes(["trainer.stop_at_step=3"], tmp_path / "a")
     runs = [p for p in (work / "runs" / "gpt_oss_tiny-lora").iterdir() if p.name != "one"]
     assert len(runs) == 1, runs  # both nodes wrote one run folder
@@ -126,7 +79,6 @@ def test_two_simulated_nodes_train_with_ep2_save_and_resume_on_the_one_process_c
     assert first["trainable_params"] == reference["trainable_params"] == 8_192
 
     # Second launch with the same run_id: continues from that checkpoint (optimizer state included).
-    (tmp_path / "b").mkdir()
     _two_nodes([f"run_id={runs[0].name}"], tmp_path / "b")
     second = _summary(runs[0])
     assert second["first_step"] == 3
