@@ -6,8 +6,9 @@ WORK = $${GPT_OSS_WORK:-work}
 SOURCE ?= hr_ibm_attrition
 INPUT ?= ../shared/data/hr/ibm_hr_attrition.csv
 ROWS ?= 1000000
+BASE ?= $(WORK)/models/gpt-oss-tiny-hf
 
-.PHONY: help setup test lint finetune plan launch predict data data-real baselines bench-data bench-finetune clean
+.PHONY: help setup test lint finetune plan launch predict export-peft data data-real baselines bench-data bench-finetune clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +37,11 @@ predict:  ## two-stage predictions of the latest exported run on the built-in te
 	dir=$$(dirname $$run); \
 	$(PY) -m recipes.predict model_dir=$$run input=$(WORK)/data/builtin/test.jsonl out=$$dir/predictions.jsonl max_new_tokens=24 $(ARGS) && \
 	$(PY) -m recipes.evaluate predictions=$$dir/predictions.jsonl references=$(WORK)/data/builtin/test.jsonl out_dir=$$dir/eval
+
+export-peft:  ## the latest LoRA run's attention adapters as a Hugging Face PEFT adapter, <run>/hf_peft (BASE=<hf folder>)
+	@ckpt=$$(ls -td $(WORK)/runs/*-lora/*/checkpoints/*-last 2>/dev/null | head -1); \
+	test -n "$$ckpt" || { echo "no LoRA checkpoint under $(WORK)/runs: run make finetune first"; exit 1; }; \
+	$(PY) -m convert.export_peft --lora "$$ckpt" --out "$$(dirname "$$(dirname "$$ckpt")")/hf_peft" --base $(BASE) --overwrite $(ARGS)
 
 data:  ## chat JSONL from one source (SOURCE=hr_generic INPUT=path ARGS="answer_format=json")
 	$(PY) -m data_prep data_prep=$(SOURCE) input=$(INPUT) $(ARGS)

@@ -533,6 +533,8 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg) -> torch.T
 
 
 def split_qkv(qkv: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of `merge_qkv`: rows of megatron's fused QKV -> q, k, v rows (any trailing dims: a weight, a
+    bias, or a LoRA B ``[rows, r]``)."""
     heads, groups, hd = _qkv_dims(cfg)
     rest = qkv.shape[1:]
     per = heads // groups * hd
