@@ -46,6 +46,7 @@ class SourceConfig:
     pii_columns: list[str] = field(default_factory=list)
     date_formats: list[str] = field(default_factory=lambda: ["%Y-%m-%d", "%m/%d/%Y", "%m/%d/%y"])
     as_of: str = ""
+    max_tenure_years: float = 60.0
     cohort: list[str] = field(default_factory=lambda: ["department", "title"])
     min_cohort: int = 10
     medium_risk_rate: float = 0.2
@@ -152,6 +153,10 @@ def validate(cfg) -> None:
         if bad_cohort:
             problems.append(
                 f"data_prep.cohort has {bad_cohort}; use fields among title, department, region, performance_rating"
+            )
+        if not src.max_tenure_years > 0:
+            problems.append(
+                f"data_prep.max_tenure_years={src.max_tenure_years}; use a positive number of years"
             )
         if src.min_cohort < 1:
             problems.append(f"data_prep.min_cohort={src.min_cohort}; use a positive number of employees")

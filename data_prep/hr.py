@@ -31,7 +31,8 @@ written that the data does not support.
 
 Records that cannot give an honest example are rejected with their line number: an empty required
 field, a date in none of ``date_formats``, an attrition value in neither list, a termination or
-promotion before hire, a leaver without a termination date when tenure comes from dates.
+promotion before hire, a leaver without a termination date when tenure comes from dates, a tenure of
+more than ``max_tenure_years`` (60 by default: longer than a working life, so a unit or entry error).
 
 Examples:
     python -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv
@@ -205,8 +206,19 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             df["actual_tenure"],
             "actual_tenure {!r} is not a non-negative number of years",
         )
+        reject_values(
+            tenure > src.max_tenure_years,
+            df["actual_tenure"],
+            f"actual_tenure {{!r}} is more years than data_prep.max_tenure_years ({src.max_tenure_years:g}); "
+            "fix the record or raise the bound",
+        )
     else:
         tenure = ((end - hire).dt.days / DAYS_PER_YEAR).to_numpy(dtype=float)
+        reject(
+            tenure > src.max_tenure_years,
+            f"hire_date gives a tenure of more than data_prep.max_tenure_years ({src.max_tenure_years:g}) "
+            "years; fix the record, as_of or the bound",
+        )
 
     promo_years = np.full(n, np.nan)
     promo_censored = np.ones(n, dtype=bool)

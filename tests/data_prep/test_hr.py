@@ -233,15 +233,46 @@ def test_tenure_that_is_no_date_span_is_rejected_or_kept_without_crashing(tmp_pa
         "employee_id,hire_date,promotion_date,title,department,actual_tenure,attrition\n"
         "E1,2015-01-01,2016-01-01,Analyst,Sales,inf,no\n"
         "E2,2015-01-01,,Analyst,Sales,1e300,no\n"
-        "E3,2015-01-01,2016-01-01,Analyst,Sales,3,no\n",
+        "E3,2015-01-01,2016-01-01,Analyst,Sales,3,no\n"
+        "E4,2015-01-01,,Analyst,Sales,60.5,no\n",
         encoding="utf-8",
     )
     cols = [f"data_prep.columns.{f}=''" for f in ("name", "region", "performance_rating")]
-    manifest, out = prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols)
+    manifest, out = prepare(tmp_path / "a", "data_prep=hr_generic", f"input={p}", *cols)
+    bound = "is more years than data_prep.max_tenure_years (60); fix the record or raise the bound"
     assert [(r["line"], r["reason"]) for r in read_rejects(out)] == [
-        (2, "actual_tenure 'inf' is not a non-negative number of years")
+        (2, "actual_tenure 'inf' is not a non-negative number of years"),
+        (3, f"actual_tenure '1e300' {bound}"),
+        (5, f"actual_tenure '60.5' {bound}"),
     ]
+    c = manifest["counts"]
+    assert (c["records"], c["written"], c["rejected"]) == (4, 1, 3)
+
+    # Raised past it, 1e300 years is kept: no end of employment that far out, so no promotion window.
+    manifest, out = prepare(
+        tmp_path / "b", "data_prep=hr_generic", f"input={p}", *cols, "data_prep.max_tenure_years=1e301"
+    )
+    assert [r["line"] for r in read_rejects(out)] == [2]
     labels = {e.meta["source_line"]: e.label for s in read_split_files(out).values() for e in s}
-    # No end of employment for 1e300 years: no observed promotion window.
     assert labels[3]["tenure_years"] == 1e300 and labels[3]["promotion_years"] is None
     assert labels[4]["promotion_years"] == round(365 / 365.25, 3) and not labels[4]["promotion_censored"]
+
+
+def test_tenure_from_dates_longer_than_a_working_life_is_rejected(tmp_path):
+    p = tmp_path / "old.csv"
+    p.write_text(
+        "employee_id,hire_date,termination_date,title,department,attrition\n"
+        "E1,1901-05-01,,Analyst,Sales,no\n"
+        "E2,2001-05-01,2020-01-01,Analyst,Sales,yes\n"
+        "E3,2010-05-01,,Analyst,Sales,no\n",
+        encoding="utf-8",
+    )
+    cols = [f"data_prep.columns.{f}=''" for f in ("name", "promotion_date", "region", "performance_rating")]
+    args = ("data_prep.columns.actual_tenure=''", "data_prep.columns.termination_date=termination_date")
+    manifest, out = prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols, *args)
+    [reject] = read_rejects(out)
+    assert reject["line"] == 2 and "max_tenure_years (60)" in reject["reason"]
+    labels = {e.meta["source_line"]: e.label for s in read_split_files(out).values() for e in s}
+    assert labels[3]["tenure_years"] == round(
+        (pd.Timestamp("2020-01-01") - pd.Timestamp("2001-05-01")).days / 365.25, 3
+    )
