@@ -599,10 +599,17 @@ def main(cfg: DictConfig) -> None:
     if cfg.trainer.stop_at_step and cfg.trainer.stop_at_step < cfg.trainer.max_steps:
         print(f"\nStopped after step {cfg.trainer.stop_at_step}; continue with: run_id={cfg.run_id}")
     if "hf_export" in summary:
+        adapter = ""
+        if cfg.peft.name == "lora" and set(cfg.peft.target_modules) <= {"linear_qkv", "linear_proj"}:
+            adapter = (
+                f"  adapter:    python -m convert.export_peft --lora {summary['checkpoint']} "
+                f"--out {summary['run_dir']}/hf_peft --base {cfg.model.hf_path or '<hf folder>'}\n"
+            )
         print(
             "\nNext:\n"
             f"  load it:    python -c \"from transformers import pipeline; pipeline('text-generation', '{summary['hf_export']}')\"\n"
             f"  verify it:  python -m convert.verify --hf {summary['hf_export']} --nemo {summary.get('merged', summary['checkpoint'])}\n"
+            f"{adapter}"
             "  your data:  python -m recipes.finetune data=prepared data.dataset_root=<data_prep output>"
         )
 
