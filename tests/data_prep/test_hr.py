@@ -210,17 +210,24 @@ def test_hex_ids_are_the_hashes_in_hex():
     assert hr._hex_ids("hr-", h).to_pylist() == [f"hr-{int(x):016x}" for x in h]
 
 
+def _prepare_csv(tmp_path, text: str, unmapped: tuple[str, ...], *overrides: str):
+    """Convert a small HR CSV with the generic mapping, ``unmapped`` fields set to ''; (manifest, out)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "in.csv"
+    p.write_text(text, encoding="utf-8")
+    cols = [f"data_prep.columns.{f}=''" for f in unmapped]
+    return prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols, *overrides)
+
+
 def test_ids_strip_and_repeat_per_employee(tmp_path):
-    p = tmp_path / "ids.csv"
-    p.write_text(
+    manifest, out = _prepare_csv(
+        tmp_path,
         "employee_id,hire_date,title,department,actual_tenure,attrition\n"
         "E7,2015-01-01,Analyst,Sales,1.5,no\n"
         "\u00a0E7 ,2016-01-01,Analyst,Sales,2.5,no\n"
         "E8,2016-01-01,Analyst,Sales,3.5,no\n",
-        encoding="utf-8",
+        ("name", "promotion_date", "region", "performance_rating"),
     )
-    cols = [f"data_prep.columns.{f}=''" for f in ("name", "promotion_date", "region", "performance_rating")]
-    manifest, out = prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols)
     examples = {e.meta["source_line"]: e for s in read_split_files(out).values() for e in s}
     assert examples[3].id == examples[2].id + "-2"
     assert examples[4].id != examples[2].id and len(examples[4].id) == 19
@@ -228,17 +235,15 @@ def test_ids_strip_and_repeat_per_employee(tmp_path):
 
 
 def test_tenure_that_is_no_date_span_is_rejected_or_kept_without_crashing(tmp_path):
-    p = tmp_path / "odd.csv"
-    p.write_text(
+    text = (
         "employee_id,hire_date,promotion_date,title,department,actual_tenure,attrition\n"
         "E1,2015-01-01,2016-01-01,Analyst,Sales,inf,no\n"
         "E2,2015-01-01,,Analyst,Sales,1e300,no\n"
         "E3,2015-01-01,2016-01-01,Analyst,Sales,3,no\n"
-        "E4,2015-01-01,,Analyst,Sales,60.5,no\n",
-        encoding="utf-8",
+        "E4,2015-01-01,,Analyst,Sales,60.5,no\n"
     )
-    cols = [f"data_prep.columns.{f}=''" for f in ("name", "region", "performance_rating")]
-    manifest, out = prepare(tmp_path / "a", "data_prep=hr_generic", f"input={p}", *cols)
+    unmapped = ("name", "region", "performance_rating")
+    manifest, out = _prepare_csv(tmp_path / "a", text, unmapped)
     bound = "is more years than data_prep.max_tenure_years (60); fix the record or raise the bound"
     assert [(r["line"], r["reason"]) for r in read_rejects(out)] == [
         (2, "actual_tenure 'inf' is not a non-negative number of years"),
@@ -249,9 +254,7 @@ def test_tenure_that_is_no_date_span_is_rejected_or_kept_without_crashing(tmp_pa
     assert (c["records"], c["written"], c["rejected"]) == (4, 1, 3)
 
     # Raised past it, 1e300 years is kept: no end of employment that far out, so no promotion window.
-    manifest, out = prepare(
-        tmp_path / "b", "data_prep=hr_generic", f"input={p}", *cols, "data_prep.max_tenure_years=1e301"
-    )
+    manifest, out = _prepare_csv(tmp_path / "b", text, unmapped, "data_prep.max_tenure_years=1e301")
     assert [r["line"] for r in read_rejects(out)] == [2]
     labels = {e.meta["source_line"]: e.label for s in read_split_files(out).values() for e in s}
     assert labels[3]["tenure_years"] == 1e300 and labels[3]["promotion_years"] is None
@@ -259,17 +262,15 @@ def test_tenure_that_is_no_date_span_is_rejected_or_kept_without_crashing(tmp_pa
 
 
 def test_tenure_from_dates_longer_than_a_working_life_is_rejected(tmp_path):
-    p = tmp_path / "old.csv"
-    p.write_text(
+    manifest, out = _prepare_csv(
+        tmp_path,
         "employee_id,hire_date,termination_date,title,department,attrition\n"
         "E1,1901-05-01,,Analyst,Sales,no\n"
         "E2,2001-05-01,2020-01-01,Analyst,Sales,yes\n"
         "E3,2010-05-01,,Analyst,Sales,no\n",
-        encoding="utf-8",
+        ("name", "promotion_date", "region", "performance_rating", "actual_tenure"),
+        "data_prep.columns.termination_date=termination_date",
     )
-    cols = [f"data_prep.columns.{f}=''" for f in ("name", "promotion_date", "region", "performance_rating")]
-    args = ("data_prep.columns.actual_tenure=''", "data_prep.columns.termination_date=termination_date")
-    manifest, out = prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols, *args)
     [reject] = read_rejects(out)
     assert reject["line"] == 2 and "max_tenure_years (60)" in reject["reason"]
     labels = {e.meta["source_line"]: e.label for s in read_split_files(out).values() for e in s}
