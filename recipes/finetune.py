@@ -599,8 +599,10 @@ def main(cfg: DictConfig) -> None:
     if cfg.trainer.stop_at_step and cfg.trainer.stop_at_step < cfg.trainer.max_steps:
         print(f"\nStopped after step {cfg.trainer.stop_at_step}; continue with: run_id={cfg.run_id}")
     if "hf_export" in summary:
+        from convert.export_peft import MAPPED_TARGETS
+
         adapter = ""
-        if cfg.peft.name == "lora" and set(cfg.peft.target_modules) <= {"linear_qkv", "linear_proj"}:
+        if cfg.peft.name == "lora" and set(cfg.peft.target_modules) <= set(MAPPED_TARGETS):
             adapter = (
                 f"  adapter:    python -m convert.export_peft --lora {summary['checkpoint']} "
                 f"--out {summary['run_dir']}/hf_peft --base {cfg.model.hf_path or '<hf folder>'}\n"
