@@ -93,7 +93,7 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
 
         import nemo.collections.llm.gpt.model.gpt_oss as stock
 
-        from recipes import cpu
+        from compat import cpu
 
         cpu.enable()
         # Stock fills every field but layers and experts with 20b values, which is right for these shapes;
@@ -142,7 +142,7 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
         from nemo.lightning import teardown
 
         from convert.import_hf import GptOssHFImporter, load_hf_weights
-        from recipes import cpu
+        from compat import cpu
 
         importer = GptOssHFImporter(str(ckpt))
         importer.config_overrides = bf16

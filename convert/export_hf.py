@@ -22,7 +22,7 @@ from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSModel, HFGPTOSSExporter
 from nemo.lightning import io, teardown
 
 from convert.gpt_oss import McoreNames, count_parameters, hf_config_from_nemo, mcore_to_hf
-from recipes import cpu
+from compat import cpu
 
 
 @io.model_exporter(GPTOSSModel, "hf")

@@ -466,7 +466,7 @@ def lora_logits(lora: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
 
     import convert.export_hf  # noqa: F401  (registers our gpt-oss connectors)
     from convert import verify
-    from recipes import cpu
+    from compat import cpu
 
     lora = Path(lora)
     base = json.loads((lora / "weights" / "adapter_metadata.json").read_text())["model_ckpt_path"]

@@ -745,7 +745,7 @@ def count_nemo_parameters(hf_config) -> int:
     from megatron.core import parallel_state
     from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig
 
-    from recipes import cpu
+    from compat import cpu
 
     kwargs = {**nemo_config_kwargs(load_hf_config(hf_config)), **cpu.CONFIG}
     if not cpu.cuda_available():

@@ -37,7 +37,7 @@ from convert.gpt_oss import (
     nemo_config_from_hf,
 )
 from convert.streaming_save import use_streaming_save
-from recipes import cpu
+from compat import cpu
 
 # Verify an import or export by default up to this size: the tiny model takes seconds, 20b would take minutes.
 VERIFY_MAX_PARAMS = 100_000_000

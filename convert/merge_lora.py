@@ -17,7 +17,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from recipes import cpu
+from compat import cpu
 
 
 def merge_lora(lora_ckpt: str | Path, out: str | Path) -> Path:

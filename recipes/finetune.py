@@ -132,7 +132,7 @@ def model_config(cfg: DictConfig, cuda: bool | None = None):
     from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig, GPTOSSModel
 
     from convert.gpt_oss import load_generation_config, load_hf_config, nemo_config_kwargs
-    from recipes import cpu
+    from compat import cpu
 
     kwargs = {**nemo_config_kwargs(load_hf_config(cfg.model.hf_path)), **cpu.config_overrides(cuda)}
     kwargs["seq_length"] = cfg.data.seq_length
@@ -179,7 +179,7 @@ def recipe_overrides(cfg: DictConfig) -> list[str]:
 
 
 def cpu_overrides() -> list[str]:
-    """Recipe deltas for a machine without CUDA (see `recipes.cpu` for the reasons)."""
+    """Recipe deltas for a machine without CUDA (see `compat.cpu` for the reasons)."""
     return [
         "trainer.accelerator='cpu'",
         "trainer.strategy.ckpt_async_save=False",
@@ -206,7 +206,7 @@ def build(cfg: DictConfig, cuda: bool | None = None):
     from nemo.collections import llm
     from nemo.collections.llm.recipes.precision import mixed_precision
 
-    from recipes import cpu
+    from compat import cpu
     from recipes.chat_data import HarmonyChatDataModule
 
     recipe = llm.recipes.gpt_oss_20b.finetune_recipe(
@@ -501,7 +501,7 @@ def run_finetune(cfg: DictConfig) -> dict:
 
     import convert.import_hf  # noqa: F401  (registers our gpt-oss importer with NeMo)
     from convert import verify
-    from recipes import cpu, upstream
+    from compat import cpu, upstream
 
     validate(cfg)
     from recipes.plan import PlanError, check

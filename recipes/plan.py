@@ -74,7 +74,7 @@ PROFILES = {
 
 
 def cpu_profile() -> DeviceProfile:
-    """This machine's memory as one unified pool; training runs in fp32 (see recipes.cpu)."""
+    """This machine's memory as one unified pool; training runs in fp32 (see compat.cpu)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return DeviceProfile("cpu", total, total, True, 0.0, 4, False)
 

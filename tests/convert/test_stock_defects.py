@@ -21,7 +21,7 @@ from convert.gpt_oss import (
     nemo_config_from_hf,
     nemo_config_kwargs,
 )
-from recipes import cpu
+from compat import cpu
 
 
 def test_config_mapping_covers_every_field(tiny_hf, monkeypatch):

@@ -1,6 +1,6 @@
 """Fixes for NeMo 2.7.3 defects that hit multi-process runs and resumes on every device.
 
-Unlike `recipes.cpu`, these are applied on GPUs too: each fixes behaviour that is wrong whatever the hardware.
+Unlike `compat.cpu`, these are applied on GPUs too: each fixes behaviour that is wrong whatever the hardware.
 
 - Resume replays a batch: ``MegatronPretrainingBatchSampler.__len__``
   (nemo/collections/common/data/data_samplers.py:333-345) counts only the batches left after a resume, while
@@ -13,7 +13,7 @@ Unlike `recipes.cpu`, these are applied on GPUs too: each fixes behaviour that i
   more than one process the timers are not logged from the progress bar.
 
 Examples:
-    python -c "import recipes.upstream as u; u.apply()"
+    python -c "import compat.upstream as u; u.apply()"
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Two kinds of measures, each with the upstream place it addresses (nemo_toolkit 2
 - `enable()`: small runtime patches for code that assumes a CUDA device even when nothing needs one.
 
 Examples:
-    python -c "import recipes.cpu as c; c.enable(); print(c.CONFIG)"
+    python -c "import compat.cpu as c; c.enable(); print(c.CONFIG)"
 """
 
 from __future__ import annotations

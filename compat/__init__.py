@@ -1,0 +1,1 @@
+"""Everything that changes upstream behaviour: CPU measures, upstream fixes, private upstream helpers."""
