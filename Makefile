@@ -7,14 +7,20 @@ SOURCE ?= hr_ibm_attrition
 INPUT ?= ../shared/data/hr/ibm_hr_attrition.csv
 ROWS ?= 1000000
 BASE ?= $(WORK)/models/gpt-oss-tiny-hf
+# The NGC base image and the project's image, as compat/versions.py names them (read without importing it).
+NGC_BASE_IMAGE = $$(sed -n 's/^NGC_BASE_IMAGE = "\(.*\)"/\1/p' compat/versions.py)
+PROJECT_IMAGE = $$(sed -n 's/^PROJECT_IMAGE = "\(.*\)"/\1/p' compat/versions.py)
 
-.PHONY: help setup test lint finetune plan launch predict export-peft data data-real baselines bench-data bench-finetune clean
+.PHONY: help setup image test lint finetune plan launch predict export-peft data data-real baselines bench-data bench-finetune clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
 
-setup:  ## build the environment from requirements*.txt (only what is missing inside a NeMo container)
+setup:  ## build the environment from requirements*.txt (inside a NeMo container: the pinned stack over it), then the version gate
 	python3 scripts/setup_env.py
+
+image:  ## the project's container image on the NGC base named in compat/versions.py (docker build)
+	docker build --build-arg BASE_IMAGE=$(NGC_BASE_IMAGE) -t $(PROJECT_IMAGE) .
 
 test:  ## the test suite (GPU tests skip without CUDA)
 	$(PY) -m pytest -q

@@ -141,8 +141,8 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
     elif mode == "ours-model":
         from nemo.lightning import teardown
 
-        from convert.import_hf import GptOssHFImporter, load_hf_weights
         from compat import cpu
+        from convert.import_hf import GptOssHFImporter, load_hf_weights
 
         importer = GptOssHFImporter(str(ckpt))
         importer.config_overrides = bf16

@@ -1,7 +1,9 @@
 """Run the NeMo 2 / megatron-core gpt-oss path on a machine without CUDA.
 
 Applied only when CUDA is absent (`enable()` returns at once on a GPU machine and changes nothing there).
-Two kinds of measures, each with the upstream place it addresses (nemo_toolkit 2.7.3, megatron-core 0.15.3):
+Two kinds of measures, each with the upstream file:line it addresses. Every one was verified on nemo_toolkit
+2.7.3, megatron-core 0.15.3, torch 2.13.0 and transformers 4.57 (`compat.versions.VERIFIED`, checked when
+`compat` is imported):
 
 - `CONFIG`: model-config values that avoid CUDA-only code paths; the recipes apply them to the model config.
 - `enable()`: small runtime patches for code that assumes a CUDA device even when nothing needs one.

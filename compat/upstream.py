@@ -1,6 +1,8 @@
 """Fixes for NeMo 2.7.3 defects that hit multi-process runs and resumes on every device.
 
 Unlike `compat.cpu`, these are applied on GPUs too: each fixes behaviour that is wrong whatever the hardware.
+Both were verified on nemo_toolkit 2.7.3 and megatron-core 0.15.3 (`compat.versions.VERIFIED`, checked when
+`compat` is imported); the file:line references are to those releases.
 
 - Resume replays a batch: ``MegatronPretrainingBatchSampler.__len__``
   (nemo/collections/common/data/data_samplers.py:333-345) counts only the batches left after a resume, while

@@ -37,13 +37,13 @@ import argparse
 import json
 import math
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from convert import verify as verification
 from convert.gpt_oss import ConversionError, count_parameters, hf_config_from_nemo, load_hf_config, split_qkv
 
 # megatron-core attention module (under decoder.layers) -> the transformers projections it becomes.
@@ -95,19 +95,14 @@ def inspect_lora(path: str | Path) -> LoraCheckpoint:
     Examples:
         python -c "from convert.export_peft import inspect_lora as i; print(i('<lora checkpoint>').targets)"
     """
-    from convert.import_hf import is_complete
+    from convert.checkpoint import require_complete
 
     path = Path(path)
-    if not (path / "context").is_dir() or not (path / "weights").is_dir():
-        raise FileNotFoundError(
-            f"{path} is not a NeMo checkpoint (expected context/ and weights/ inside); a fine-tuning run writes "
-            "them under <run_dir>/checkpoints/<name>-last"
-        )
-    if not is_complete(path):
-        raise FileNotFoundError(
-            f"{path} is an incomplete NeMo checkpoint (no weights/metadata.json or context/io.json); "
-            "it was interrupted while being written: use an earlier checkpoint of the run"
-        )
+    require_complete(
+        path,
+        "a fine-tuning run writes them under <run_dir>/checkpoints/<name>-last",
+        "use an earlier checkpoint of the run",
+    )
     if not (path / "weights" / "adapter_metadata.json").exists():
         raise ConversionError(
             f"{path} is not a LoRA checkpoint (no weights/adapter_metadata.json): a full fine-tune (or an "
@@ -332,7 +327,7 @@ def export_peft(
     """
     from safetensors.torch import save_file
 
-    from convert.import_hf import VERIFY_MAX_PARAMS
+    from convert.checkpoint import publishing
 
     lora, out = Path(lora), Path(out)
     ckpt = inspect_lora(lora)
@@ -341,7 +336,7 @@ def export_peft(
     base_dir = Path(base) if base is not None and Path(base).is_dir() else None
     if base_dir is not None:
         _check_base(base_dir, ckpt.config)
-    small = count_parameters(hf_config_from_nemo(ckpt.config).to_dict()) <= VERIFY_MAX_PARAMS
+    small = count_parameters(hf_config_from_nemo(ckpt.config).to_dict()) <= verification.MAX_PARAMS
     if verify is None:
         verify = small and base_dir is not None
         if small and base_dir is None:
@@ -363,19 +358,17 @@ def export_peft(
         )
     tensors = peft_state_dict(ckpt, read_adapters(ckpt))
     base_name = str(base_dir.resolve()) if base_dir is not None else (str(base) if base is not None else None)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with publishing(out) as tmp:
         tmp.mkdir(parents=True)
         save_file(tensors, str(tmp / ADAPTER_FILE), metadata={"format": "pt"})
         lora_config(ckpt, base_name).save_pretrained(str(tmp))  # adapter_config.json, the file PEFT looks for
         if verify:
-            _verify(tmp, base_dir, ckpt, strict=ckpt.config.params_dtype == torch.float32)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+            verification.enforce(
+                verify_adapter(tmp, base_dir, ckpt.path),
+                f"PEFT adapter of {ckpt.path} (NeMo LoRA model as reference)",
+                "the adapter does not reproduce the NeMo LoRA model",
+                strict=ckpt.config.params_dtype == torch.float32,
+            )
     return out
 
 
@@ -415,13 +408,11 @@ def verify_adapter(adapter_dir: str | Path, base: str | Path, lora: str | Path) 
     Examples:
         python -c "from convert.export_peft import verify_adapter as v; print(v('/tmp/adapter', 'work/models/gpt-oss-tiny-hf', '<lora checkpoint>').summary())"
     """
-    from convert import verify
-
-    ids = verify.probe_ids(base)
+    ids = verification.probe_ids(base)
     with_adapter, without, mismatched = peft_logits(base, adapter_dir, ids)
     reference = lora_logits(lora, ids)
     effect = (with_adapter - without).abs().max().item()
-    return AdapterReport(verify.compare(with_adapter, reference), effect, mismatched)
+    return AdapterReport(verification.compare(with_adapter, reference), effect, mismatched)
 
 
 @torch.no_grad()
@@ -431,9 +422,7 @@ def peft_logits(base: str | Path, adapter_dir: str | Path, input_ids: torch.Tens
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from convert.verify import _load_hf
-
-    model = PeftModel.from_pretrained(_load_hf(base), str(adapter_dir)).eval()
+    model = PeftModel.from_pretrained(verification.load_hf(base), str(adapter_dir)).eval()
     written = load_file(str(Path(adapter_dir) / ADAPTER_FILE))
     loaded = get_peft_model_state_dict(model)
     mismatched = sorted(
@@ -457,16 +446,9 @@ def lora_logits(lora: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
     Loads the model as ``convert.merge_lora`` does (NeMo's own restore of base and adapters), in the model's
     precision; the base checkpoint is the one named in ``weights/adapter_metadata.json``.
     """
-    import fiddle as fdl
-    from nemo import lightning as nl
-    from nemo.collections.llm.peft.api import _setup_trainer_and_restore_model_and_adapter
-    from nemo.collections.llm.recipes.precision.mixed_precision import bf16_mixed
-    from nemo.lightning import io, teardown
-    from nemo.lightning.ckpt_utils import ckpt_to_context_subdir
+    from nemo.lightning import teardown
 
-    import convert.export_hf  # noqa: F401  (registers our gpt-oss connectors)
-    from convert import verify
-    from compat import cpu
+    from convert.checkpoint import restore_lora
 
     lora = Path(lora)
     base = json.loads((lora / "weights" / "adapter_metadata.json").read_text())["model_ckpt_path"]
@@ -475,33 +457,11 @@ def lora_logits(lora: str | Path, input_ids: torch.Tensor) -> torch.Tensor:
             f"the base NeMo checkpoint of {lora} (model_ckpt_path in weights/adapter_metadata.json) is not at "
             f"{base} (a relative path is relative to where training ran): run from there, or pass --no-verify"
         )
-    cpu.enable()
-    model = io.load_context(ckpt_to_context_subdir(lora), "model")
-    model.model_transform, model.__io__.model_transform = None, None
-    model.config.perform_initialization = False
-    transform = io.load_context(ckpt_to_context_subdir(lora), "model.model_transform")
-    fp32 = model.config.params_dtype == torch.float32
-    trainer = nl.Trainer(
-        devices=1,
-        accelerator="cpu",
-        strategy=nl.MegatronStrategy(ddp="pytorch", setup_optimizers=False),
-        plugins=nl.MegatronMixedPrecision(precision="32") if fp32 else fdl.build(bf16_mixed()),
-    )
-    _setup_trainer_and_restore_model_and_adapter(lora, trainer, model, transform)
+    model, trainer, _ = restore_lora(lora)
     try:
-        return verify.forward(model, input_ids)
+        return verification.forward(model, input_ids)
     finally:
         teardown(trainer, model)
-
-
-def _verify(adapter_dir: Path, base: Path, ckpt: LoraCheckpoint, strict: bool) -> None:
-    from convert.import_hf import VERIFY_TOLERANCE
-
-    report = verify_adapter(adapter_dir, base, ckpt.path)
-    print(f"verify PEFT adapter of {ckpt.path} (NeMo LoRA model as reference):\n{report.summary()}")
-    failed = report.failed(VERIFY_TOLERANCE)
-    if failed and strict:
-        raise ConversionError("the adapter does not reproduce the NeMo LoRA model:\n  " + "\n  ".join(failed))
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import shutil
 from contextlib import contextmanager, nullcontext
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +23,9 @@ import torch
 from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSModel, HFGPTOSSImporter
 from nemo.lightning import io, teardown
 
+from compat import cpu
+from convert import verify as verification
+from convert.checkpoint import is_complete, publishing
 from convert.gpt_oss import (
     ConversionError,
     HFTensors,
@@ -36,13 +38,6 @@ from convert.gpt_oss import (
     mcore_sources,
     nemo_config_from_hf,
 )
-from convert.streaming_save import use_streaming_save
-from compat import cpu
-
-# Verify an import or export by default up to this size: the tiny model takes seconds, 20b would take minutes.
-VERIFY_MAX_PARAMS = 100_000_000
-# fp32 logits of a faithful conversion agree to ~1e-6 (measured 5.4e-7 on the tiny model).
-VERIFY_TOLERANCE = 1e-4
 
 
 @io.model_importer(GPTOSSModel, "hf")
@@ -142,6 +137,9 @@ def stream_hf_weights(trainer, module: torch.nn.Module, hf_path: str | Path, cfg
     Examples:
         python -m convert.import_hf --hf work/models/gpt-oss-tiny-hf --out work/models/gpt-oss-tiny-nemo
     """
+    # Imported here: the private upstream helpers it builds on are checked (compat.private) only when used.
+    from convert.streaming_save import use_streaming_save
+
     expected = {k: v for k, v in module.state_dict().items() if not k.endswith("_extra_state")}
     sources = mcore_sources(HFTensors(hf_path, dtype=cfg.params_dtype), cfg, McoreNames(expected))
     _check_names(hf_path, set(sources), set(expected))
@@ -238,12 +236,6 @@ def _copy_checked(targets: dict, converted: dict, expected: dict) -> None:
             targets[k].copy_(v)
 
 
-def is_complete(path: str | Path) -> bool:
-    """Whether ``path`` is a finished NeMo checkpoint (the last files NeMo writes are present)."""
-    path = Path(path)
-    return (path / "weights" / "metadata.json").exists() and (path / "context" / "io.json").exists()
-
-
 def import_hf(
     hf_path: str | Path,
     out: str | Path,
@@ -264,7 +256,7 @@ def import_hf(
         out: NeMo checkpoint folder to write.
         overwrite: Replace an existing ``out``; without it a complete ``out`` is returned as it is.
         verify: Compare the import with the source (`convert.verify`) before publishing it; ``None``: only when
-            cheap (models up to ``VERIFY_MAX_PARAMS`` parameters).
+            cheap (models up to ``convert.verify.MAX_PARAMS`` parameters).
         streaming: Write the weights straight from the source into the checkpoint, a tensor at a time, without
             building the model (`stream_hf_weights`); False: build the model in memory, fill it and save it.
             Both give the same checkpoint, bit for bit.
@@ -285,33 +277,20 @@ def import_hf(
             return out
         raise ConversionError(f"{out} exists but is not a complete NeMo checkpoint; re-run with --overwrite")
     if verify is None:
-        verify = count_parameters(hf) <= VERIFY_MAX_PARAMS
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+        verify = count_parameters(hf) <= verification.MAX_PARAMS
+    with publishing(out) as tmp:
         connector = GptOssHFImporter(str(hf_path))
         connector.config_overrides = dict(config_overrides)
         connector.streaming = streaming
         connector.apply(tmp)
         connector.on_import_ckpt(GPTOSSModel(connector.config, tokenizer=connector.tokenizer))
         if verify:
-            _verify(hf_path, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+            verification.enforce(
+                verification.verify(hf_path, tmp),
+                f"{tmp.name} against {hf_path}",
+                "the import does not reproduce its source",
+            )
     return out
-
-
-def _verify(hf_path: Path, nemo_path: Path) -> None:
-    from convert import verify
-
-    report = verify.verify(hf_path, nemo_path)
-    print(f"verify {nemo_path.name} against {hf_path}:\n{report.summary()}")
-    failed = report.failed(VERIFY_TOLERANCE)
-    if failed:
-        raise ConversionError("the import does not reproduce its source:\n  " + "\n  ".join(failed))
 
 
 def main() -> None:

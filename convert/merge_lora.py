@@ -14,10 +14,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from compat import cpu
+from convert.checkpoint import publishing, restore_lora
 
 
 def merge_lora(lora_ckpt: str | Path, out: str | Path) -> Path:
@@ -26,8 +25,7 @@ def merge_lora(lora_ckpt: str | Path, out: str | Path) -> Path:
     Examples:
         python -m convert.merge_lora --lora <lora checkpoint> --out /tmp/merged
     """
-    import convert.export_hf  # noqa: F401  (registers our gpt-oss connectors)
-    import convert.import_hf  # noqa: F401
+    import convert.import_hf  # noqa: F401  (registers our hf importer, which NeMo's restore may resolve)
 
     lora_ckpt, out = Path(lora_ckpt), Path(out)
     if not (lora_ckpt / "weights" / "adapter_metadata.json").exists():
@@ -35,42 +33,18 @@ def merge_lora(lora_ckpt: str | Path, out: str | Path) -> Path:
             f"{lora_ckpt} is not a LoRA checkpoint (no weights/adapter_metadata.json); "
             "a full-SFT checkpoint needs no merge: export it directly (python -m convert.export_hf)"
         )
-    cpu.enable()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _merge(lora_ckpt, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with publishing(out) as tmp:
+        _merge(lora_ckpt, tmp)
     return out
 
 
 def _merge(lora_ckpt: Path, out: Path) -> None:
-    import fiddle as fdl
-    import torch
     from megatron.core import dist_checkpointing
-    from nemo import lightning as nl
-    from nemo.collections.llm.peft.api import _setup_trainer_and_restore_model_and_adapter
-    from nemo.collections.llm.peft.lora import LoRA, LoRAMerge
-    from nemo.collections.llm.recipes.precision.mixed_precision import bf16_mixed
-    from nemo.lightning import io
+    from nemo.collections.llm.peft.lora import LoRAMerge
     from nemo.lightning.ckpt_utils import ckpt_to_context_subdir
     from nemo.lightning.io.pl import TrainerContext, ckpt_to_weights_subdir
 
-    model = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model")
-    model.model_transform, model.__io__.model_transform = None, None
-    model.config.perform_initialization = False
-    lora = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model.model_transform")
-    if not isinstance(lora, LoRA):
-        raise ValueError(f"{lora_ckpt} records no LoRA transform; it is not a LoRA checkpoint")
-    fp32 = model.config.params_dtype == torch.float32
-    precision = nl.MegatronMixedPrecision(precision="32") if fp32 else fdl.build(bf16_mixed())
-    trainer = nl.Trainer(
-        devices=1,
-        accelerator="cpu",
-        strategy=nl.MegatronStrategy(ddp="pytorch", setup_optimizers=False),
-        plugins=precision,
-    )
-    _setup_trainer_and_restore_model_and_adapter(lora_ckpt, trainer, model, lora)
+    _, trainer, _ = restore_lora(lora_ckpt)
     merged = LoRAMerge()(trainer.strategy.megatron_parallel)
     weights = {k: v for k, v in merged.sharded_state_dict().items() if ".adapter." not in k}
     weights_dir = ckpt_to_weights_subdir(out, is_saving=True)

@@ -29,21 +29,20 @@ from dataclasses import dataclass
 
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, is_main_replica
-from megatron.core.dist_checkpointing.strategies.filesystem_async import (
-    FileSystemWriterAsync,
-    _item_size,
-    _split_by_size_and_type,
-)
-from megatron.core.dist_checkpointing.strategies.state_dict_saver import save_state_dict_async_plan
-from megatron.core.dist_checkpointing.strategies.torch import (
-    MCoreSavePlanner,
-    TorchDistSaveShardedStrategy,
-    _replace_state_dict_keys_with_sharded_keys,
-    mcore_to_pyt_state_dict,
-)
-from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, SerializationFormat, _write_item
+from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner, TorchDistSaveShardedStrategy
 from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
 
+from compat.private import (
+    DEFAULT_SUFFIX,
+    SerializationFormat,
+    item_size,
+    mcore_to_pyt_state_dict,
+    replace_state_dict_keys_with_sharded_keys,
+    save_state_dict_async_plan,
+    split_by_size_and_type,
+    write_item,
+)
 from convert.gpt_oss import ConversionError
 
 Source = Callable[[], torch.Tensor]
@@ -118,7 +117,7 @@ class StreamingSaveStrategy(TorchDistSaveShardedStrategy):
 
     def async_save(self, sharded_state_dict, checkpoint_dir):
         chunks = self.chunks(sharded_state_dict)
-        sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
+        sharded_state_dict, _, _ = replace_state_dict_keys_with_sharded_keys(
             sharded_state_dict, self.keep_only_main_replica
         )
         writer = StreamingWriter(checkpoint_dir, thread_count=self.thread_count)
@@ -231,7 +230,7 @@ class StreamingWriter(FileSystemWriterAsync):
 
     def prepare_write_data(self, plan, planner) -> None:
         prefix = plan.storage_data.prefix
-        buckets = [b for b in _split_by_size_and_type(self.thread_count, plan.items) if b]
+        buckets = [b for b in split_by_size_and_type(self.thread_count, plan.items) if b]
         names = [f"{prefix}{i}{DEFAULT_SUFFIX}" for i in range(len(buckets))]
         self.write_buckets = [
             (os.path.join(self.checkpoint_dir, n), n, b) for n, b in zip(names, buckets, strict=True)
@@ -240,7 +239,7 @@ class StreamingWriter(FileSystemWriterAsync):
         # The order in which _split_by_size_and_type deals tensor items to the files: a stable sort of the
         # plan's order by decreasing size (one file: the plan's order). Each file gets its items in its order.
         tensors = [item for item in plan.items if item.type != WriteItemType.BYTE_IO]
-        self.order = sorted(tensors, key=_item_size, reverse=True) if self.thread_count > 1 else tensors
+        self.order = sorted(tensors, key=item_size, reverse=True) if self.thread_count > 1 else tensors
         for i, bucket in enumerate(buckets):
             mine = [item for item in self.order if self.file_of[id(item)] == i]
             if mine != [item for item in bucket if item.type != WriteItemType.BYTE_IO]:
@@ -260,7 +259,7 @@ class StreamingWriter(FileSystemWriterAsync):
                 i = self.file_of[id(item)]
                 data = self.planner.resolve_data(item)
                 results[i].append(
-                    _write_item(
+                    write_item(
                         self.transforms,
                         streams[i],
                         data,

@@ -19,6 +19,13 @@ from pathlib import Path
 
 import torch
 
+from convert.gpt_oss import ConversionError
+
+# Verify an import or export by default up to this size: the tiny model takes seconds, 20b would take minutes.
+MAX_PARAMS = 100_000_000
+# fp32 logits of a faithful conversion agree to ~1e-6 (measured 5.4e-7 on the tiny model).
+TOLERANCE = 1e-4
+
 PROBES = [
     [{"role": "user", "content": "Employee hired 2019-03-01 in Engineering, rated Exceeds. Attrition risk?"}],
     [
@@ -52,7 +59,7 @@ def probe_ids(tokenizer_dir: str | Path, max_len: int = 96) -> torch.Tensor:
     return torch.tensor([s[:n] for s in seqs], dtype=torch.long)
 
 
-def _load_hf(hf_dir: str | Path):
+def load_hf(hf_dir: str | Path):
     from transformers import GptOssForCausalLM
 
     # An MXFP4 checkpoint is dequantised to bf16 by transformers on a host without a GPU, whatever
@@ -73,7 +80,7 @@ def _record(layers, hidden: list) -> list:
 @torch.no_grad()
 def hf_logits(hf_dir: str | Path, input_ids: torch.Tensor, hidden: list | None = None) -> torch.Tensor:
     """fp32 logits ``[B, T, V]`` of an HF folder; with ``hidden``, each layer's output ``[B, T, H]`` is appended."""
-    model = _load_hf(hf_dir)
+    model = load_hf(hf_dir)
     handles = _record(model.model.layers, hidden) if hidden is not None else []
     try:
         return model(input_ids=input_ids).logits.float()
@@ -88,7 +95,7 @@ def nemo_logits(nemo_dir: str | Path, input_ids: torch.Tensor, hidden: list | No
     megatron state dict in HF names and layout (for the expert orientation check)."""
     from nemo.lightning import teardown
 
-    from convert.export_hf import GptOssHFExporter
+    from convert.checkpoint import GptOssHFExporter
 
     exporter = GptOssHFExporter(str(nemo_dir))
     model, trainer = exporter.load()
@@ -270,6 +277,15 @@ def verify(hf_dir: str | Path, other: str | Path) -> Report:
     return Report(compare(test, reference), layer_cosines(hidden, ref_hidden), checks)
 
 
+def enforce(report, title: str, failure: str, strict: bool = True, tolerance: float = TOLERANCE) -> None:
+    """Print ``report`` (a `Report` or any report with ``summary()`` and ``failed(tolerance)``) under ``title``;
+    raise `ConversionError` starting with ``failure`` when something fails and ``strict``."""
+    print(f"verify {title}:\n{report.summary()}")
+    failed = report.failed(tolerance)
+    if failed and strict:
+        raise ConversionError(f"{failure}:\n  " + "\n  ".join(failed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Compare a NeMo or exported gpt-oss with a Hugging Face one."
@@ -277,7 +293,7 @@ def main() -> None:
     parser.add_argument("--hf", required=True, help="reference Hugging Face folder")
     parser.add_argument("--nemo", help="NeMo checkpoint to check")
     parser.add_argument("--other", help="or: a Hugging Face folder to check (e.g. an export)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| of fp32 logits accepted")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |diff| of fp32 logits accepted")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     if bool(args.nemo) == bool(args.other):

@@ -5,7 +5,8 @@
   node with its ``--node-rank``; torchrun meets at ``cluster.master_addr`` (``run.LocalExecutor`` with
   ``nodes=2``, which reads MASTER_ADDR, MASTER_PORT and NODE_RANK from the launcher's environment).
 - ``slurm``: ``sbatch`` through ``run.SlurmExecutor`` and a ``run.LocalTunnel`` (run it on the login node).
-- ``docker``: an NGC NeMo container on this machine (``run.DockerExecutor``).
+- ``docker``: the project's image (``make image``: the NGC NeMo image with the pinned stack) on this machine
+  (``run.DockerExecutor``).
 
 Examples:
     python -m launch experiment=spark_pair_20b_lora --node-rank 0 --dry-run
@@ -79,7 +80,10 @@ def problems(cfg: DictConfig, node_rank: int = 0) -> list[str]:
             "cluster.slurm.account is empty: pass cluster.slurm.account=<account> (or set SLURM_ACCOUNT)"
         )
     if kind in ("slurm", "docker") and not c.container_image:
-        out.append("cluster.container_image is empty: pass cluster.container_image=nvcr.io/nvidia/nemo:<tag>")
+        out.append(
+            "cluster.container_image is empty: build the project's image (make image) and pass "
+            "cluster.container_image=<where you pushed it> (or set GPT_OSS_IMAGE)"
+        )
     return out
 
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 import hydra
 from omegaconf import DictConfig
 
+import compat  # noqa: F401  (the version gate: a job on an unverified stack stops here, before training)
 import recipes.plan  # noqa: F401  (registers the schema with the launch fields)
 from recipes import finetune
 

@@ -9,11 +9,14 @@ Examples:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from compat.versions import PROJECT_IMAGE
 
 
 @dataclass
@@ -95,7 +98,7 @@ class ClusterConf:
     device: str = "auto"  # memory profile: auto | cpu | spark | h100 | h200
     master_addr: str = "127.0.0.1"  # node 0's address on the link the nodes share
     master_port: int = 29500
-    container_image: str = ""  # e.g. nvcr.io/nvidia/nemo:25.09 (docker and slurm executors)
+    container_image: str = ""  # the project's image (`make image`), or where it was pushed (docker, slurm)
     container_mounts: list[str] = field(default_factory=list)  # host:container paths
     nccl: NcclConf = field(default_factory=NcclConf)
     slurm: SlurmConf = field(default_factory=SlurmConf)
@@ -144,8 +147,15 @@ class FinetuneConf:
     recipe_overrides: list[str] = field(default_factory=list)
 
 
+def project_image() -> str:
+    """``${project_image:}`` in the cluster profiles: ``$GPT_OSS_IMAGE`` (where the image was pushed), else
+    the local tag `make image` builds (`compat.versions.PROJECT_IMAGE`)."""
+    return os.environ.get("GPT_OSS_IMAGE") or PROJECT_IMAGE
+
+
 def register() -> None:
     ConfigStore.instance().store(name="finetune_schema", node=FinetuneConf)
+    OmegaConf.register_new_resolver("project_image", project_image, replace=True)
 
 
 register()

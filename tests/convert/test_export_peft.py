@@ -228,7 +228,7 @@ def test_interrupted_export_publishes_nothing(lora_run, tiny_hf, tmp_path, monke
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ep, "_verify", interrupt)  # after both files are written
+    monkeypatch.setattr(ep, "verify_adapter", interrupt)  # after both files are written
     out = tmp_path / "adapter"
     with pytest.raises(KeyboardInterrupt):
         export_peft(lora_run["checkpoint"], out, verify=True, base=tiny_hf)

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from convert import verify
-from convert.export_hf import GptOssHFExporter, export_hf
+from convert.checkpoint import GptOssHFExporter, is_complete
+from convert.export_hf import export_hf
 from convert.gpt_oss import ConversionError, HFTensors, check_hf_checkpoint
-from convert.import_hf import GptOssHFImporter, import_hf, is_complete
+from convert.import_hf import GptOssHFImporter, import_hf
 from convert.tiny import REPO
 
 # ---------------------------------------------------------------------------------------- atomic writes

@@ -170,7 +170,7 @@ def twin_imports(twins, tmp_path_factory):
 def _nemo_state(path):
     from nemo.lightning import teardown
 
-    from convert.export_hf import GptOssHFExporter
+    from convert.checkpoint import GptOssHFExporter
 
     model, trainer = GptOssHFExporter(str(path)).load()
     state = {k: v.clone() for k, v in model.module.state_dict().items() if not k.endswith("_extra_state")}

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from compat import cpu
 from convert.gpt_oss import (
     McoreNames,
     hf_config_from_nemo,
@@ -21,7 +22,6 @@ from convert.gpt_oss import (
     nemo_config_from_hf,
     nemo_config_kwargs,
 )
-from compat import cpu
 
 
 def test_config_mapping_covers_every_field(tiny_hf, monkeypatch):

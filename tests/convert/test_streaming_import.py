@@ -38,7 +38,7 @@ def _loaded_state(path):
     """The model as NeMo loads the checkpoint (``nemo_load``, as export, verify and resumes do)."""
     from nemo.lightning import teardown
 
-    from convert.export_hf import GptOssHFExporter
+    from convert.checkpoint import GptOssHFExporter
 
     model, trainer = GptOssHFExporter(str(path)).load()
     state = {k: v.clone() for k, v in model.module.state_dict().items() if not k.endswith("_extra_state")}

@@ -84,7 +84,7 @@ def test_slurm_dry_run_prints_the_sbatch_script(real_configs):
         "export PYTHONPATH=/workspace/gpt-oss",
     ):
         assert line in script
-    assert "--container-image nvcr.io/nvidia/nemo:25.09" in script
+    assert "--container-image gpt-oss-nemo:latest" in script  # the project's image (make image)
     assert f"--container-mounts {REPO}:/workspace/gpt-oss" in script
     assert re.search(
         r"torchrun --rdzv-backend c10d --rdzv-endpoint \$head_node_ip:29500 --rdzv-id \d+ --nnodes 8 "

@@ -1,0 +1,135 @@
+"""The compatibility layer: the version gate refuses an unverified stack, the override is recorded, and the
+private upstream helpers of the streaming writer are present with the parameters they were verified with."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compat import private, versions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_installed_stack_passes_the_gate():
+    report = versions.check()
+    assert report["mismatches"] == [] and report["override_used"] is False
+    assert set(report["versions"]) >= {"nemo_toolkit", "megatron-core", "transformers"}
+
+
+@pytest.mark.parametrize(
+    ("package", "version"), [("nemo_toolkit", "2.8.0"), ("megatron-core", "0.16.0"), ("nemo_toolkit", None)]
+)
+def test_gate_refuses_another_version_with_the_fix(package, version, monkeypatch):
+    monkeypatch.delenv(versions.OVERRIDE_ENV, raising=False)
+    with pytest.raises(versions.VersionMismatch) as e:
+        versions.check({package: version})
+    message = str(e.value)
+    assert f"{package} {version or 'not installed'} (verified: {versions.VERIFIED[package]})" in message
+    assert "make setup" in message and "make image" in message and versions.OVERRIDE_ENV in message
+
+
+def test_override_proceeds_and_is_recorded(monkeypatch, capsys):
+    monkeypatch.setenv(versions.OVERRIDE_ENV, "1")
+    report = versions.check({"megatron-core": "0.16.0"})
+    assert report["override_used"] is True
+    assert report["mismatches"] == ["megatron-core 0.16.0 (verified: ==0.15.3)"]
+    assert report["versions"]["megatron-core"] == "0.16.0"
+    assert versions.report() == report  # what the run summary records
+    assert "proceeding with unverified versions" in capsys.readouterr().err
+    versions.check()  # back to the real stack for the tests that follow
+    assert versions.report()["override_used"] is False
+
+
+def test_which_packages_are_checked():
+    assert "torch" in versions.checked_packages(cuda=False, te_present=False)
+    # With CUDA the CPU measures that patch torch are off; the container's torch build is the one used.
+    assert "torch" not in versions.checked_packages(cuda=True, te_present=True)
+    assert "transformer_engine" in versions.checked_packages(cuda=True, te_present=True)
+    assert "transformer_engine" not in versions.checked_packages(cuda=False, te_present=False)
+
+
+def _fake_dist(tmp_path: Path, name: str, version: str) -> Path:
+    site = tmp_path / "site"
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return site
+
+
+def _python(code: str, site: Path | None = None, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != versions.OVERRIDE_ENV}
+    # A folder first on the path wins importlib.metadata's look-up: the installed stack appears as that version.
+    environ["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, REPO) if p)
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, cwd=REPO)
+
+
+def test_importing_compat_refuses_a_faked_nemo(tmp_path):
+    site = _fake_dist(tmp_path, "nemo_toolkit", "2.8.0")
+    run = _python("import compat", site)
+    assert run.returncode != 0
+    assert "VersionMismatch" in run.stderr
+    assert "nemo_toolkit 2.8.0 (verified: ==2.7.3)" in run.stderr and "make setup" in run.stderr
+    # The converters and recipes sit on compat: they refuse too, before any model code runs.
+    assert "VersionMismatch" in _python("import convert.checkpoint", site).stderr
+
+
+def test_override_lets_the_import_proceed(tmp_path):
+    site = _fake_dist(tmp_path, "megatron-core", "0.16.0")
+    run = _python(
+        "import compat, json; print(json.dumps(compat.versions.report()))",
+        site,
+        **{versions.OVERRIDE_ENV: "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert '"override_used": true' in run.stdout and '"megatron-core": "0.16.0"' in run.stdout
+
+
+def test_requirements_pin_the_verified_versions():
+    """compat.versions.VERIFIED and requirements.txt state the same pins (one can't move without the other)."""
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)\s*([=~<>!].*?)\s*(#.*)?$", line)
+        if m:
+            pins[m.group(1)] = m.group(2).replace(" ", "")
+    for package in ("nemo_toolkit", "megatron-core", "transformers", "torch"):
+        assert pins.get(package) == versions.VERIFIED[package], package
+
+
+def test_one_place_names_the_images():
+    """The Dockerfile's base and the container / Slurm profiles come from compat.versions, nowhere else."""
+    assert re.search(r"^ARG BASE_IMAGE$", (REPO / "Dockerfile").read_text(), re.M)
+    assert (
+        versions.NGC_BASE_IMAGE in (REPO / "Makefile").read_text()
+        or "NGC_BASE_IMAGE" in (REPO / "Makefile").read_text()
+    )
+    for profile in ("container", "slurm"):
+        text = (REPO / "conf" / "cluster" / f"{profile}.yaml").read_text()
+        assert "nvcr.io" not in text, profile
+        assert "${project_image:}" in text, profile
+
+
+def test_private_helpers_are_present_as_verified():
+    """Fails naming the helper when a private upstream function the streaming writer uses changed."""
+    assert private.problems() == []
+
+
+def test_private_helper_check_names_a_changed_or_missing_helper(monkeypatch):
+    import megatron.core.dist_checkpointing.strategies.filesystem_async as fs_async
+
+    monkeypatch.setattr(fs_async, "_split_by_size_and_type", lambda bins, items, extra: None)
+    monkeypatch.delattr(fs_async, "_item_size")
+    found = private.problems()
+    assert any(
+        line.startswith(f"{fs_async.__name__}._split_by_size_and_type(bins, items, extra) changed")
+        for line in found
+    ), found
+    assert any(f"{fs_async.__name__}._item_size is gone" in line for line in found), found
+    with pytest.raises(private.PrivateHelperChanged, match="_item_size is gone"):
+        private.check()
