@@ -1,7 +1,8 @@
 """Typed schema of ``conf/data_prep.yaml`` and its ``data_prep`` group, registered in Hydra's ConfigStore.
 
 A misspelt key or a wrong type in a YAML file or on the command line fails at compose time;
-`validate` then collects every remaining problem (fractions, formats, PII columns in the profile) and
+`validate` then collects every remaining problem (fractions, formats, PII columns in the profile, and each
+task's own rules: its fields and checks live in its module under `data_prep.tasks`) and
 raises one error that lists them all with the override that fixes each.
 
 Examples:
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from data_prep.answers import FORMATS, TASKS
+from data_prep import tasks
+from data_prep.answers import FORMATS
 
 
 @dataclass
@@ -67,29 +69,9 @@ class DataPrepConfig:
     pii: PiiConfig = field(default_factory=PiiConfig)
     progress: bool = True
     max_field_chars: int = 100_000
-
-
-HR_FIELDS = (
-    "employee_id",
-    "name",
-    "hire_date",
-    "termination_date",
-    "promotion_date",
-    "title",
-    "department",
-    "region",
-    "performance_rating",
-    "actual_tenure",
-    "attrition",
-)
-TICKET_FIELDS = ("subject", "body", "queue", "priority", "language", "id")
-RUBRIC_FIELDS = ("id", "group", "prompt", "submission", "rubric_alignment", "score", "max_score", "feedback")
-FIELDS = {"hr": HR_FIELDS, "tickets": TICKET_FIELDS, "rubric": RUBRIC_FIELDS}
-REQUIRED = {
-    "hr": ("title", "department"),
-    "tickets": ("subject", "body", "queue"),
-    "rubric": ("score", "max_score"),
-}
+    task_modules: list[str] = field(
+        default_factory=list
+    )  # plugin modules registering tasks (data_prep.tasks)
 
 
 class ConfigError(ValueError):
@@ -104,10 +86,17 @@ def validate(cfg) -> None:
     """
     problems = []
     src = cfg.data_prep
-    task = src.task
-    if task not in TASKS:
+    task = None
+    try:
+        tasks.load(cfg.task_modules)
+        task = tasks.get(src.task)
+    except tasks.TaskModuleError as e:
+        problems.append(str(e))
+    except tasks.UnknownTaskError as e:
+        problems.append(f"data_prep.task: {e}")
+    if task is not None and task.source is None:
         problems.append(
-            f"data_prep.task={task!r}; use one of {TASKS} (data_prep=hr_generic, tickets, rubric)"
+            f"data_prep.task={src.task!r} has no source reader for python -m data_prep; its module makes its data"
         )
     if cfg.answer_format not in FORMATS:
         problems.append(f"answer_format={cfg.answer_format!r}; use one of {FORMATS} (answer_format=json)")
@@ -122,13 +111,13 @@ def validate(cfg) -> None:
         problems.append(f"max_field_chars={cfg.max_field_chars}; use a positive number of characters")
     if not str(src.system_prompt).strip():
         problems.append("data_prep.system_prompt is empty; every example needs a system prompt")
-    if task in FIELDS:
-        unknown = sorted(set(src.columns) - set(FIELDS[task]))
+    if task is not None:
+        unknown = sorted(set(src.columns) - set(task.fields))
         if unknown:
             problems.append(
-                f"data_prep.columns has unknown field(s) {unknown} for task {task}; known: {list(FIELDS[task])}"
+                f"data_prep.columns has unknown field(s) {unknown} for task {task.name}; known: {list(task.fields)}"
             )
-        missing = [f for f in REQUIRED[task] if not src.columns.get(f)]
+        missing = [f for f in task.required if not src.columns.get(f)]
         if missing:
             problems.append(
                 f"data_prep.columns must map {missing} to source columns (data_prep.columns.{missing[0]}=<column>)"
@@ -139,29 +128,8 @@ def validate(cfg) -> None:
         problems.append(
             f"data_prep.profile shows personal column(s) {leaked}; remove them from data_prep.profile"
         )
-    if task == "hr":
-        c = src.columns
-        if not c.get("attrition") and not c.get("termination_date"):
-            problems.append("hr needs data_prep.columns.attrition or data_prep.columns.termination_date")
-        if not c.get("actual_tenure") and not c.get("hire_date"):
-            problems.append(
-                "hr needs data_prep.columns.actual_tenure or data_prep.columns.hire_date for tenure"
-            )
-        bad_cohort = [
-            k for k in src.cohort if k not in ("title", "department", "region", "performance_rating")
-        ]
-        if bad_cohort:
-            problems.append(
-                f"data_prep.cohort has {bad_cohort}; use fields among title, department, region, performance_rating"
-            )
-        if not src.max_tenure_years > 0:
-            problems.append(
-                f"data_prep.max_tenure_years={src.max_tenure_years}; use a positive number of years"
-            )
-        if src.min_cohort < 1:
-            problems.append(f"data_prep.min_cohort={src.min_cohort}; use a positive number of employees")
-        if not 0 <= src.medium_risk_rate <= 1:
-            problems.append(f"data_prep.medium_risk_rate={src.medium_risk_rate}; use a rate between 0 and 1")
+    if task is not None:
+        problems += task.check(src)
     if problems:
         raise ConfigError("data_prep config has problems:\n  - " + "\n  - ".join(problems))
 

@@ -52,7 +52,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.answers import NOT_EXPECTED
 from data_prep.dataset import (
     Coded,
     ExampleFrame,
@@ -66,6 +65,7 @@ from data_prep.dataset import (
 from data_prep.table import CSV_SUFFIXES, PARQUET_SUFFIXES, InputError, Reject, read_table
 
 TASK = "hr"
+NOT_EXPECTED = "not expected"  # the answer when no promotion is expected (JSON null)
 DAYS_PER_YEAR = 365.25
 DATE_FIELDS = ("hire_date", "termination_date", "promotion_date")
 TEXT_FIELDS = ("title", "department", "region", "performance_rating")

@@ -6,6 +6,9 @@ use training-split statistics only) -> write ``train.jsonl``, ``validation.jsonl
 ``rejects.jsonl`` and ``manifest.json`` under ``out_dir``. The run fails only on a configuration or
 input-file problem, never on a bad record; the counts in the manifest add up.
 
+The source reader is the one the task registers (`data_prep.tasks`); a task from another module is loaded
+with ``task_modules=[<module>]``.
+
 Examples:
     python -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv
     python -m data_prep data_prep=hr_hrdataset_v14 input=../shared/data/hr/HRDataset_v14.csv answer_format=json
@@ -25,13 +28,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from data_prep import config as _config  # noqa: F401  (registers the schema in the ConfigStore)
-from data_prep import hr, rubric, tickets
+from data_prep import tasks
 from data_prep.config import ConfigError, validate
 from data_prep.dataset import SPLITS, drop_duplicates, split_codes, write_dataset
 from data_prep.table import InputError
 
 log = logging.getLogger(__name__)
-SOURCES = {"hr": hr, "tickets": tickets, "rubric": rubric}
 
 
 def run(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> dict:
@@ -45,7 +47,7 @@ def run(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> dict:
         python -m data_prep data_prep=tickets input=../shared/data/tickets out_dir=work/data/tickets
     """
     validate(cfg)
-    module = SOURCES[cfg.data_prep.task]
+    module = tasks.get(cfg.data_prep.task).source  # validate loaded cfg.task_modules
     ex, rejects, n_records, extra = module.build(cfg)
     ex, dups = drop_duplicates(ex)
     by_source = {sr.source: sr for sr in rejects}

@@ -3,7 +3,7 @@
 Stage 1 answers each example's prompt as trained (system + profile). Stage 2 continues that conversation:
 the stage-1 answer stays in context and a user turn adds the individual's history (tenure so far, project
 completion rate, manager feedback, engagement score, ...), asking for an updated prediction. Examples without
-a history get stage 1 only. The output JSONL (``recipes.evaluate.Prediction``) keeps both stages: the raw
+a history get stage 1 only. The output JSONL (``data_prep.predictions.Prediction``) keeps both stages: the raw
 generated text (harmony final channel included) and the parsed answer.
 
 Backends: the exported Hugging Face model through transformers (CPU or GPU), or an OpenAI-compatible endpoint
@@ -27,9 +27,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from data_prep.answers import AnswerParseError, parse_answer
 from data_prep.harmony import DEFAULT_DATE, DEFAULT_EFFORT, generation_prompt
+from data_prep.predictions import Prediction, write_predictions
 from data_prep.schema import ChatExample
-from recipes.evaluate import Prediction, write_predictions
 from recipes.harmony_text import NoFinalChannel, final_text
 
 # A generator maps conversations (lists of messages ending with a user turn) to raw generated texts.
@@ -151,10 +152,9 @@ def _final_or_none(raw: str) -> str | None:
 
 
 def _parse(task: str, raw: str) -> dict | None:
-    from data_prep.answers import TASKS, AnswerParseError, parse_answer
-
+    """The answer parsed, or None when there is none, it does not parse or the task is unknown."""
     text = _final_or_none(raw)
-    if text is None or task not in TASKS:
+    if text is None:
         return None
     try:
         return parse_answer(task, text)

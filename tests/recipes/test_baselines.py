@@ -9,8 +9,9 @@ import random
 import pytest
 
 from data_prep.schema import ChatExample, read_jsonl, write_jsonl
+from data_prep.tasks.hr import profile_features
 from recipes import baselines
-from recipes.baselines import BaselinesError, profile_features
+from recipes.baselines import BaselinesError
 
 SATISFACTION = ("Low", "Medium", "High", "Very High")
 

@@ -33,15 +33,10 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from data_prep import metrics
+from data_prep.predictions import Prediction, read_predictions, write_predictions
 from recipes import evaluate
-from recipes.evaluate import (
-    EvaluateConfig,
-    EvaluateError,
-    Prediction,
-    build,
-    read_predictions,
-    write_predictions,
-)
+from recipes.evaluate import EvaluateConfig, EvaluateError, build
 from recipes.harmony_text import NoFinalChannel, final_text
 
 approx = pytest.approx
@@ -422,10 +417,10 @@ def test_metric_functions_take_plain_lists():
     cfg = OmegaConf.structured(EvaluateConfig(predictions="p", references="r"))
     assert cfg.stage == "latest" and cfg.bootstrap.samples == 1000
     # One class only: the ranking metrics are undefined and say so (None), the rest still compute.
-    m = evaluate.attrition_metrics([False, False], [0.1, 0.7])
+    m = metrics.attrition_metrics([False, False], [0.1, 0.7])
     assert (m["roc_auc"], m["pr_auc"], m["precision"], m["fp"]) == (None, None, 0.0, 1)
     assert m["brier"] == approx((0.01 + 0.49) / 2)
-    d = evaluate.duration_metrics([1.0], [True], [np.nan])
+    d = metrics.duration_metrics([1.0], [True], [np.nan])
     assert d == {
         "uncensored": {"n": 0, "predicted_none": 0, "mae": None, "rmse": None},
         "censored": {"n": 1, "below_bound": 0, "below_bound_share": 0.0},

@@ -1,0 +1,472 @@
+"""The HR task: tenure, time to next promotion and attrition risk of an employee, from an HR export.
+
+Source: `data_prep.hr` (``conf/data_prep/hr_*.yaml``). Answer format::
+
+    prose: 1. Expected Tenure: 3.1 years
+              Reasoning: ...
+
+           2. Time to Next Promotion: 1.5 years        (or "not expected")
+              Reasoning: ...
+
+           3. Attrition Risk: Low (15%)
+              Reasoning: ...
+    json:  {"tenure_years": 3.1, "time_to_promotion_years": 1.5, "attrition_risk": "low",
+            "attrition_probability": 0.15, "reasons": {"tenure": "...", "promotion": "...", "attrition": "..."}}
+
+Metric groups: ``attrition`` (`data_prep.metrics.attrition_metrics`; a predicted leaver is
+``attrition_risk == high`` with ``attrition_decision=risk``, else ``attrition_probability >=
+attrition_threshold``), ``tenure`` and ``promotion`` (`data_prep.metrics.duration_metrics`).
+
+Baselines (``hr.*`` in ``conf/baselines.yaml``), ``logistic_regression`` and ``gradient_boosting``:
+
+- Features: by default the profile the LLM sees, read from the ``- Key: value`` lines of the user message
+  (numbers as numbers, ``YYYY-MM-DD`` dates as decimal years, anything else one-hot). With
+  ``hr.source_csv`` set, every column of the example's source record (found by ``meta.source_line``)
+  except ``hr.exclude_columns``: the same split, with all the columns a tabular model would get.
+- Attrition: a classifier; ``attrition_probability`` is its predicted probability, ``attrition_risk``
+  follows ``hr.risk_bands``.
+- Tenure and time to promotion: a regressor (ridge or gradient boosting) fit on the *uncensored* training
+  labels only (a censored label is a lower bound, not a value); with ``hr.source_csv``, the columns in
+  ``hr.tenure_exclude_columns`` (which encode the tenure itself) are left out. With fewer than two
+  uncensored promotions in training, the answer is "not expected".
+
+Examples:
+    python -c "from data_prep.answers import parse_answer; print(parse_answer('hr', '{\"tenure_years\": 3, \"time_to_promotion_years\": null, \"attrition_risk\": \"low\", \"attrition_probability\": 0.1}'))"
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from data_prep import hr
+from data_prep.answers import NUMBER, AnswerParseError, as_float, one_line
+from data_prep.hr import NOT_EXPECTED
+from data_prep.metrics import (
+    attrition_headline,
+    attrition_metrics,
+    duration_headline,
+    duration_metrics,
+    make_group,
+)
+from data_prep.schema import ChatExample
+from data_prep.table import read_table
+from data_prep.tasks import BaselinesError, Task, register
+
+RISK_LEVELS = ("low", "medium", "high")
+COHORT_FIELDS = ("title", "department", "region", "performance_rating")
+_HR_ITEMS = (
+    ("tenure", re.compile(r"expected\s+tenure[^:\n]*:\s*(?P<value>[^\n]*)", re.I)),
+    ("promotion", re.compile(r"time\s+to\s+(?:next\s+)?promotion[^:\n]*:\s*(?P<value>[^\n]*)", re.I)),
+    ("attrition", re.compile(r"attrition\s+risk[^:\n]*:\s*(?P<value>[^\n]*)", re.I)),
+)
+_HR_LABELS = {
+    "tenure": "Expected Tenure",
+    "promotion": "Time to Next Promotion",
+    "attrition": "Attrition Risk",
+}
+_REASON = re.compile(r"reasoning\s*:\s*(.*)", re.I | re.S)
+_PROFILE_LINE = re.compile(r"^\s*-\s*([^:\n]+?)\s*:\s*(.*?)\s*$", re.M)
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass
+class HrBaselineConfig:
+    """``hr:`` of ``conf/baselines.yaml``."""
+
+    models: list[str] = field(default_factory=lambda: ["logistic_regression", "gradient_boosting"])
+    source_csv: str = ""  # "": the profile lines; a path: every column of the source record
+    exclude_columns: list[str] = field(
+        default_factory=lambda: ["Attrition", "EmployeeNumber", "EmployeeCount", "Over18", "StandardHours"]
+    )
+    tenure_exclude_columns: list[str] = field(
+        default_factory=lambda: [
+            "YearsAtCompany",
+            "YearsInCurrentRole",
+            "YearsWithCurrManager",
+            "YearsSinceLastPromotion",
+        ]
+    )
+    class_weight: str = ""  # "" or balanced (logistic regression only)
+    risk_bands: list[float] = field(default_factory=lambda: [0.2, 0.5])
+
+
+class HrTask(Task):
+    name = "hr"
+    fields = (
+        "employee_id",
+        "name",
+        "hire_date",
+        "termination_date",
+        "promotion_date",
+        "title",
+        "department",
+        "region",
+        "performance_rating",
+        "actual_tenure",
+        "attrition",
+    )
+    required = ("title", "department")
+    source = hr
+    baselines = ("logistic_regression", "gradient_boosting")
+
+    def check(self, src) -> list[str]:
+        problems = []
+        c = src.columns
+        if not c.get("attrition") and not c.get("termination_date"):
+            problems.append("hr needs data_prep.columns.attrition or data_prep.columns.termination_date")
+        if not c.get("actual_tenure") and not c.get("hire_date"):
+            problems.append(
+                "hr needs data_prep.columns.actual_tenure or data_prep.columns.hire_date for tenure"
+            )
+        bad_cohort = [k for k in src.cohort if k not in COHORT_FIELDS]
+        if bad_cohort:
+            problems.append(
+                f"data_prep.cohort has {bad_cohort}; use fields among title, department, region, performance_rating"
+            )
+        if not src.max_tenure_years > 0:
+            problems.append(
+                f"data_prep.max_tenure_years={src.max_tenure_years}; use a positive number of years"
+            )
+        if src.min_cohort < 1:
+            problems.append(f"data_prep.min_cohort={src.min_cohort}; use a positive number of employees")
+        if not 0 <= src.medium_risk_rate <= 1:
+            problems.append(f"data_prep.medium_risk_rate={src.medium_risk_rate}; use a rate between 0 and 1")
+        return problems
+
+    # ---------------------------------------------------------------------------------------- answer format
+
+    def normalise(self, answer: dict) -> dict:
+        missing = [
+            k
+            for k in ("tenure_years", "time_to_promotion_years", "attrition_risk", "attrition_probability")
+            if k not in answer
+        ]
+        if missing:
+            raise AnswerParseError(f"hr answer is missing {', '.join(missing)}")
+        tenure = as_float(answer["tenure_years"], "tenure_years", lo=0.0)
+        promo = answer["time_to_promotion_years"]
+        if isinstance(promo, str) and promo.strip().lower() == NOT_EXPECTED:
+            promo = None
+        promo = None if promo is None else as_float(promo, "time_to_promotion_years", lo=0.0)
+        risk = str(answer["attrition_risk"]).strip().lower()
+        if risk not in RISK_LEVELS:
+            raise AnswerParseError(
+                f"hr attrition_risk is {answer['attrition_risk']!r}; expected one of {RISK_LEVELS}"
+            )
+        prob = as_float(answer["attrition_probability"], "attrition_probability", lo=0.0, hi=1.0)
+        reasons = answer.get("reasons") or {}
+        if not isinstance(reasons, dict):
+            raise AnswerParseError(
+                "hr reasons must be an object with tenure, promotion and attrition strings"
+            )
+        return {
+            "tenure_years": round(tenure, 1),
+            "time_to_promotion_years": None if promo is None else round(promo, 1),
+            "attrition_risk": risk,
+            "attrition_probability": round(prob, 2),
+            "reasons": {k: one_line(reasons.get(k) or "") for k in ("tenure", "promotion", "attrition")},
+        }
+
+    def render_prose(self, answer: dict) -> str:
+        promo = answer["time_to_promotion_years"]
+        promo_text = NOT_EXPECTED if promo is None else f"{promo:.1f} years"
+        r = answer["reasons"]
+        return (
+            f"1. Expected Tenure: {answer['tenure_years']:.1f} years\n"
+            f"   Reasoning: {one_line(r['tenure'])}\n\n"
+            f"2. Time to Next Promotion: {promo_text}\n"
+            f"   Reasoning: {one_line(r['promotion'])}\n\n"
+            f"3. Attrition Risk: {answer['attrition_risk'].capitalize()} "
+            f"({round(answer['attrition_probability'] * 100):d}%)\n"
+            f"   Reasoning: {one_line(r['attrition'])}"
+        )
+
+    def parse_prose(self, text: str) -> dict:
+        text = text.replace("**", "").replace("\r\n", "\n")
+        found = {}
+        for key, rx in _HR_ITEMS:
+            m = rx.search(text)
+            if m is None:
+                raise AnswerParseError(
+                    f"hr prose answer has no '{_HR_LABELS[key]}:' line; expected the three numbered items "
+                    "(Expected Tenure, Time to Next Promotion, Attrition Risk)"
+                )
+            found[key] = m
+        reasons = {}
+        order = sorted(found, key=lambda k: found[k].start())
+        for i, key in enumerate(order):
+            end = found[order[i + 1]].start() if i + 1 < len(order) else len(text)
+            m = _REASON.search(text, found[key].end(), end)
+            # A reason runs to the next item; drop that item's number ("2.") from its tail.
+            reasons[key] = re.sub(r"\s*\d+\.$", "", one_line(text[m.start(1) : end])) if m else ""
+        tenure_text = found["tenure"].group("value")
+        m = re.search(NUMBER, tenure_text)
+        if m is None:
+            raise AnswerParseError(f"hr Expected Tenure {tenure_text.strip()!r} has no number of years")
+        promo_text = found["promotion"].group("value").strip()
+        if NOT_EXPECTED in promo_text.lower() or promo_text.lower().startswith(("none", "n/a")):
+            promo = None
+        else:
+            pm = re.search(NUMBER, promo_text)
+            if pm is None:
+                raise AnswerParseError(
+                    f"hr Time to Next Promotion {promo_text!r} is neither a number of years nor '{NOT_EXPECTED}'"
+                )
+            promo = float(pm.group(1))
+        risk_text = found["attrition"].group("value")
+        rm = re.match(r"\s*(low|medium|high)\b", risk_text, re.I)
+        if rm is None:
+            raise AnswerParseError(
+                f"hr Attrition Risk {risk_text.strip()!r} does not start with Low, Medium or High"
+            )
+        pm = re.search(NUMBER + r"\s*%", risk_text)
+        if pm is None:
+            raise AnswerParseError(
+                f"hr Attrition Risk {risk_text.strip()!r} has no percentage, e.g. 'Low (15%)'"
+            )
+        return {
+            "tenure_years": float(m.group(1)),
+            "time_to_promotion_years": promo,
+            "attrition_risk": rm.group(1).lower(),
+            "attrition_probability": float(pm.group(1)) / 100.0,
+            "reasons": reasons,
+        }
+
+    # ------------------------------------------------------------------------------------------------ metrics
+
+    def groups(self, scored: list, cfg) -> list:
+        thr, bins = float(cfg.attrition_threshold), int(cfg.calibration_bins)
+        by_risk = cfg.attrition_decision == "risk"
+        rows = [r for r in scored if r[0].label.get("attrition") is not None]
+        out = [
+            make_group(
+                self.name,
+                "attrition",
+                rows,
+                {
+                    "y": [bool(ex.label["attrition"]) for ex, _ in rows],
+                    "p": [a["attrition_probability"] for _, a in rows],
+                    "pred": [
+                        a["attrition_risk"] == "high" if by_risk else a["attrition_probability"] >= thr
+                        for _, a in rows
+                    ],
+                },
+                lambda d: attrition_metrics(
+                    d["y"], d["p"], thr, bins, predicted=d["pred"] if by_risk else None
+                ),
+                attrition_headline,
+                decision="attrition_risk == high" if by_risk else f"attrition_probability >= {thr}",
+                plot="calibration",
+                title="Attrition calibration (n={n})",
+            )
+        ]
+        for name, label_key, answer_key in (
+            ("tenure", "tenure_years", "tenure_years"),
+            ("promotion", "promotion_years", "time_to_promotion_years"),
+        ):
+            rows = [r for r in scored if r[0].label.get(label_key) is not None]
+            out.append(
+                make_group(
+                    self.name,
+                    name,
+                    rows,
+                    {
+                        "y": [float(ex.label[label_key]) for ex, _ in rows],
+                        "censored": [bool(ex.label.get(name + "_censored")) for ex, _ in rows],
+                        "p": [math.nan if a[answer_key] is None else a[answer_key] for _, a in rows],
+                    },
+                    lambda d: duration_metrics(d["y"], d["censored"], d["p"]),
+                    duration_headline,
+                )
+            )
+        return [g for g in out if g is not None]
+
+    # ---------------------------------------------------------------------------------------------- baselines
+
+    def baseline_models(self, cfg) -> list[str]:
+        return list(cfg.hr.models)
+
+    def check_baselines(self, cfg) -> list[str]:
+        problems = []
+        bad = [m for m in cfg.hr.models if m not in self.baselines]
+        if bad:
+            problems.append(
+                f"hr.models has {bad}; use some of {list(self.baselines)} (hr.models=[logistic_regression])"
+            )
+        if cfg.hr.source_csv and not Path(cfg.hr.source_csv).is_file():
+            problems.append(
+                f"hr.source_csv={cfg.hr.source_csv} does not exist; pass the file data_prep read, or hr.source_csv=''"
+            )
+        if cfg.hr.class_weight not in ("", "balanced"):
+            problems.append(f"hr.class_weight={cfg.hr.class_weight!r}; use '' or balanced")
+        bands = list(cfg.hr.risk_bands)
+        if len(bands) != 2 or not 0.0 <= bands[0] <= bands[1] <= 1.0:
+            problems.append(
+                f"hr.risk_bands={bands}; use [medium_from, high_from] with 0 <= medium <= high <= 1"
+            )
+        return problems
+
+    def baseline_answers(self, model: str, train: list, test: list, cfg) -> list[dict]:
+        """Fit one HR baseline on ``train`` and answer every example of ``test``.
+
+        Raises:
+            BaselinesError: The training split has no attrition labels of both classes.
+
+        Examples:
+            python -m recipes.baselines data_dir=work/data/ibm hr.models=[logistic_regression]
+        """
+        features = (
+            SourceColumns(cfg.hr.source_csv, list(cfg.hr.exclude_columns))
+            if cfg.hr.source_csv
+            else profile_features
+        )
+        drop = set(cfg.hr.tenure_exclude_columns) if cfg.hr.source_csv else set()
+        f_train, f_test = [features(ex) for ex in train], [features(ex) for ex in test]
+        clf, reg = _pipelines(model, cfg)
+        labelled = [
+            (f, bool(ex.label["attrition"]))
+            for f, ex in zip(f_train, train, strict=True)
+            if ex.label.get("attrition") is not None
+        ]
+        if len({y for _, y in labelled}) < 2:
+            raise BaselinesError(
+                f"the {cfg.train_split} split has {len(labelled)} attrition label(s) of one class only; "
+                "a classifier needs leavers and stayers (check data_prep's attrition mapping)"
+            )
+        clf.fit([f for f, _ in labelled], [y for _, y in labelled])
+        prob = clf.predict_proba(f_test)[:, list(clf.classes_).index(True)]
+
+        def without(fs):
+            return [{k: v for k, v in f.items() if k not in drop} for f in fs]
+
+        tenure, n_tenure = _fit_duration(_pipelines(model, cfg)[1], without(f_train), train, "tenure_years")
+        promo, n_promo = _fit_duration(reg, without(f_train), train, "promotion_years")
+        tenure_pred = (
+            _predict_duration(tenure, without(f_test)) if tenure is not None else np.zeros(len(test))
+        )
+        promo_pred = _predict_duration(promo, without(f_test)) if promo is not None else [None] * len(test)
+        label = model.replace("_", " ")
+        reasons = {
+            "tenure": f"{label} fit on {n_tenure} uncensored training tenures",
+            "promotion": f"{label} fit on {n_promo} observed training promotions"
+            if promo is not None
+            else "too few observed promotions in training to estimate",
+            "attrition": f"{label} fit on {len(labelled)} training outcomes",
+        }
+        return [
+            {
+                "tenure_years": round(float(t), 2),
+                "time_to_promotion_years": None if pr is None else round(float(pr), 2),
+                "attrition_risk": _risk(float(p), cfg.hr.risk_bands),
+                "attrition_probability": round(float(p), 4),
+                "reasons": reasons,
+            }
+            for p, t, pr in zip(prob, tenure_pred, promo_pred, strict=True)
+        ]
+
+
+def profile_features(example: ChatExample) -> dict[str, float | str]:
+    """The ``- Key: value`` lines of the example's last user message, typed for `DictVectorizer`.
+
+    Numbers become floats, ``YYYY-MM-DD`` dates decimal years, anything else a string (one-hot encoded).
+
+    Examples:
+        python -c "from data_prep.tasks.hr import profile_features; from data_prep.schema import ChatExample; print(profile_features(ChatExample('a', 'hr', [{'role': 'user', 'content': '- Age: 41\\n- Department: Sales'}, {'role': 'assistant', 'content': 'x'}])))"
+    """
+    user = [m["content"] for m in example.messages if m.get("role") == "user"][-1]
+    return {k.strip(): _typed(v) for k, v in _PROFILE_LINE.findall(user) if v.strip()}
+
+
+def _typed(value: str) -> float | str:
+    text = value.strip()
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        pass
+    if _ISO_DATE.match(text):
+        try:
+            d = date.fromisoformat(text)
+        except ValueError:
+            return text
+        return d.year + (d.timetuple().tm_yday - 1) / 366.0
+    return text
+
+
+class SourceColumns:
+    """Every column of the source CSV records, looked up by the examples' ``meta.source_line``."""
+
+    def __init__(self, path: str, exclude: list[str]):
+        table = read_table(path)
+        columns = [c for c in table.frame.columns if c not in set(exclude)]
+        self.rows = {
+            int(line): {c: _typed(v) for c, v in zip(columns, values, strict=True) if str(v).strip()}
+            for line, values in zip(
+                table.line, table.frame[columns].itertuples(index=False, name=None), strict=True
+            )
+        }
+        self.path = path
+
+    def __call__(self, example: ChatExample) -> dict[str, float | str]:
+        line = example.meta.get("source_line")
+        if line is None or int(line) not in self.rows:
+            raise BaselinesError(
+                f"example {example.id!r} has meta.source_line={line!r}, which is no record of {self.path}; "
+                "hr.source_csv must be the file data_prep read (or set hr.source_csv='')"
+            )
+        return self.rows[int(line)]
+
+
+def _pipelines(name: str, cfg) -> tuple[Pipeline, Pipeline]:
+    """(classifier, regressor) of one HR baseline."""
+    if name == "logistic_regression":
+        clf = make_pipeline(
+            DictVectorizer(sparse=False),
+            StandardScaler(),
+            LogisticRegression(max_iter=5000, class_weight=cfg.hr.class_weight or None),
+        )
+        reg = make_pipeline(DictVectorizer(sparse=False), StandardScaler(), Ridge(alpha=1.0))
+    else:
+        clf = make_pipeline(DictVectorizer(sparse=False), GradientBoostingClassifier(random_state=cfg.seed))
+        reg = make_pipeline(DictVectorizer(sparse=False), GradientBoostingRegressor(random_state=cfg.seed))
+    return clf, reg
+
+
+def _risk(p: float, bands) -> str:
+    return "high" if p >= bands[1] else "medium" if p >= bands[0] else "low"
+
+
+def _fit_duration(reg: Pipeline, feats: list[dict], train: list[ChatExample], key: str):
+    """Fit on the uncensored labels of ``key``; None when fewer than two exist."""
+    rows = [
+        (f, float(ex.label[key]))
+        for f, ex in zip(feats, train, strict=True)
+        if ex.label.get(key) is not None and not ex.label.get(key.replace("_years", "_censored"))
+    ]
+    if len(rows) < 2:
+        return None, 0
+    X, y = [r[0] for r in rows], np.array([r[1] for r in rows])
+    if len(rows) < 10:
+        # Too few to fit anything but their median.
+        return DummyRegressor(strategy="median").fit(np.zeros((len(y), 1)), y), len(rows)
+    return reg.fit(X, y), len(rows)
+
+
+def _predict_duration(model, feats: list[dict]) -> np.ndarray:
+    if isinstance(model, DummyRegressor):
+        return model.predict(np.zeros((len(feats), 1)))
+    return np.clip(model.predict(feats), 0.0, None)
+
+
+register(HrTask())
