@@ -44,16 +44,21 @@ from pathlib import Path
 import torch
 
 from convert import verify as verification
-from convert.gpt_oss import ConversionError, count_parameters, hf_config_from_nemo, load_hf_config, split_qkv
+from convert.gpt_oss import (
+    EXPERT_LORA_TARGETS,
+    PEFT_MAPPED_TARGETS,
+    ConversionError,
+    count_parameters,
+    hf_config_from_nemo,
+    load_hf_config,
+    split_qkv,
+)
 
 # megatron-core attention module (under decoder.layers) -> the transformers projections it becomes.
 HF_PROJECTIONS = {
     "self_attention.linear_qkv": ("q_proj", "k_proj", "v_proj"),
     "self_attention.linear_proj": ("o_proj",),
 }
-# NeMo LoRA target_modules this exporter maps.
-MAPPED_TARGETS = {"linear_qkv": "self_attention.linear_qkv", "linear_proj": "self_attention.linear_proj"}
-EXPERT_TARGETS = ("linear_fc1", "linear_fc2")
 ADAPTER_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
 # A model parameter's adapter pair in the torch_dist index, layers stacked along the first axis.
 _ADAPTER_KEY = re.compile(
@@ -160,13 +165,13 @@ _EXPERTS_WHY = (
 def _target_problems(transform) -> list[str]:
     problems = []
     targets = list(transform.target_modules or [])
-    experts = [t for t in targets if t.split(".")[-1] in EXPERT_TARGETS]
+    experts = [t for t in targets if t.split(".")[-1] in EXPERT_LORA_TARGETS]
     if experts:
         problems.append(f"{_EXPERTS_WHY} (target_modules has {experts})")
-    other = [t for t in targets if t not in MAPPED_TARGETS and t not in experts]
+    other = [t for t in targets if t not in PEFT_MAPPED_TARGETS and t not in experts]
     if other:
         problems.append(
-            f"target_modules {other} are not mapped: only {list(MAPPED_TARGETS)} in every layer are "
+            f"target_modules {other} are not mapped: only {list(PEFT_MAPPED_TARGETS)} in every layer are "
             "(patterns that pick some layers or modules are not)"
         )
     if getattr(transform, "exclude_modules", None):
@@ -207,7 +212,7 @@ def _adapter_keys(path: Path, transform, config):
     if unknown:
         problems.append(f"adapter tensors of no mapped module: {unknown[:4]}")
     for target in transform.target_modules or []:
-        module = MAPPED_TARGETS.get(target)
+        module = PEFT_MAPPED_TARGETS.get(target)
         if module and set(keys.get(module, {})) != {"linear_in", "linear_out"}:
             problems.append(
                 f"target {target} has no complete linear_in/linear_out pair in {path / 'weights'}"
@@ -320,7 +325,7 @@ def export_peft(
             ``base_model_name_or_path`` and, when verifying, loaded with the adapter.
         overwrite: Replace an existing ``out``.
         verify: Compare transformers + PEFT logits with the NeMo LoRA model's before publishing; ``None``: when
-            ``base`` is a folder and the model has at most ``VERIFY_MAX_PARAMS`` parameters.
+            ``base`` is a folder and the model has at most ``convert.verify.MAX_PARAMS`` parameters.
 
     Examples:
         python -m convert.export_peft --lora <lora checkpoint> --out /tmp/adapter --base work/models/gpt-oss-tiny-hf

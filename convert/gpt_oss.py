@@ -21,7 +21,10 @@ Examples:
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -85,7 +88,7 @@ def hf_config_from_original(orig: Mapping) -> dict:
         "num_attention_heads": orig["num_attention_heads"],
         "num_key_value_heads": orig["num_key_value_heads"],
         "sliding_window": orig["sliding_window"],
-        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)],
+        "layer_types": default_layer_types(n),
         "initial_context_length": ctx,
         "max_position_embeddings": int(ctx * factor),
         "rope_theta": orig["rope_theta"],
@@ -104,39 +107,106 @@ def hf_config_from_original(orig: Mapping) -> dict:
     }
 
 
-def _dtype_of(hf: dict) -> torch.dtype:
-    name = hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"
-    return getattr(torch, str(name).replace("torch.", ""))
+def default_layer_types(n: int) -> list[str]:
+    """gpt-oss's attention pattern when a config does not list it: sliding-window layers first, alternating."""
+    return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a gpt-oss, read from its Hugging Face config: the one reader of those fields.
+
+    The converters, the parameter counts and the memory planner (`recipes.plan`) all take their sizes from here.
+
+    Examples:
+        python -c "from convert.gpt_oss import ModelShape as S; print(S.from_hf('../shared/data/gpt-oss/configs/gpt-oss-20b'))"
+    """
+
+    layers: int
+    hidden: int
+    inter: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    top_k: int
+    vocab: int
+    tied: bool
+    dtype: str  # of the checkpoint's weights: "bfloat16", "float32", ...
+
+    @classmethod
+    def from_hf(cls, path_or_config) -> ModelShape:
+        """The shape of an HF gpt-oss folder, ``config.json``, dict or ``GptOssConfig`` (see `load_hf_config`)."""
+        hf = load_hf_config(path_or_config)
+        return cls(
+            layers=hf["num_hidden_layers"],
+            hidden=hf["hidden_size"],
+            inter=hf["intermediate_size"],
+            heads=hf["num_attention_heads"],
+            kv_heads=hf["num_key_value_heads"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            experts=hf["num_local_experts"],
+            top_k=hf.get("num_experts_per_tok", hf.get("experts_per_token")),
+            vocab=hf["vocab_size"],
+            tied=bool(hf.get("tie_word_embeddings", False)),
+            dtype=str(hf.get("torch_dtype") or hf.get("dtype") or "bfloat16").replace("torch.", ""),
+        )
+
+    @property
+    def q(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def dtype_bytes(self) -> int:
+        return {"float32": 4, "bfloat16": 2, "float16": 2}.get(self.dtype, 2)
+
+    def hf_shapes(self, quantized: bool = False) -> dict[str, tuple[int, ...]]:
+        """Every tensor of an HF checkpoint of this shape (see `expected_hf_shapes`)."""
+        return expected_hf_shapes(self, quantized)
+
+    def layer_parameters(self) -> dict[str, int]:
+        """Parameters of one transformer layer by part (`WeightRule.part`), from `WEIGHT_MAP`."""
+        return _parameters_by_part(self, layer=True)
+
+    def outer_parameters(self) -> dict[str, int]:
+        """Parameters outside the layers by part: ``embedding``, ``output layer`` (untied only), ``final norm``."""
+        return _parameters_by_part(self, layer=False)
+
+    def total(self) -> int:
+        """Total parameters: the one count that the importer, the exporters and the planner use."""
+        return self.layers * sum(self.layer_parameters().values()) + sum(self.outer_parameters().values())
 
 
 def nemo_config_kwargs(hf: dict) -> dict:
     """Keyword arguments of NeMo's ``GPTOSSConfig`` that reproduce an HF gpt-oss config exactly."""
-    n = hf["num_hidden_layers"]
-    layer_types = hf.get("layer_types") or [
-        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)
-    ]
-    if len(layer_types) != n:
-        raise ConversionError(f"layer_types has {len(layer_types)} entries for {n} layers")
+    s = ModelShape.from_hf(hf)
+    layer_types = hf.get("layer_types") or default_layer_types(s.layers)
+    if len(layer_types) != s.layers:
+        raise ConversionError(f"layer_types has {len(layer_types)} entries for {s.layers} layers")
     rope = dict(hf.get("rope_scaling") or {})
     if rope and rope.get("rope_type", rope.get("type")) != "yarn":
         raise ConversionError(f"rope_scaling type {rope.get('rope_type')!r} is not YaRN; gpt-oss uses YaRN")
     if not hf.get("attention_bias", True):
         raise ConversionError("attention_bias=False is not gpt-oss: its attention projections carry biases")
-    dtype = _dtype_of(hf)
+    dtype = getattr(torch, s.dtype)
     has_window = any(t == "sliding_attention" for t in layer_types)
     kwargs = dict(
-        num_layers=n,
-        hidden_size=hf["hidden_size"],
-        ffn_hidden_size=hf["intermediate_size"],
-        moe_ffn_hidden_size=hf["intermediate_size"],
-        num_attention_heads=hf["num_attention_heads"],
-        num_query_groups=hf["num_key_value_heads"],
-        kv_channels=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        num_moe_experts=hf["num_local_experts"],
-        moe_router_topk=hf.get("num_experts_per_tok", hf.get("experts_per_token")),
-        vocab_size=hf["vocab_size"],
+        num_layers=s.layers,
+        hidden_size=s.hidden,
+        ffn_hidden_size=s.inter,
+        moe_ffn_hidden_size=s.inter,
+        num_attention_heads=s.heads,
+        num_query_groups=s.kv_heads,
+        kv_channels=s.head_dim,
+        num_moe_experts=s.experts,
+        moe_router_topk=s.top_k,
+        vocab_size=s.vocab,
         layernorm_epsilon=hf.get("rms_norm_eps", 1e-5),
-        share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
+        share_embeddings_and_output_weights=s.tied,
         activation_func_clamp_value=hf.get("swiglu_limit", 7.0),
         seq_length=hf.get("max_position_embeddings", 131072),
         rotary_base=hf.get("rope_theta", 150000),
@@ -255,17 +325,6 @@ def hf_config_from_nemo(cfg, generation_config=None):
     )
 
 
-# --------------------------------------------------------------------------------------------- weights
-
-
-def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
-    """MXFP4 -> dense (see `convert.mxfp4.dequantize`); for gpt-oss experts the result is ``[E, out, in]``."""
-    try:
-        return mxfp4.dequantize(blocks, scales, dtype)
-    except mxfp4.MXFP4Error as e:
-        raise ConversionError(str(e)) from e
-
-
 # ------------------------------------------------------------------------------------- checkpoint files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -316,50 +375,28 @@ def read_header(file: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     }
 
 
-def expected_hf_shapes(hf: dict, quantized: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor an HF gpt-oss checkpoint of config ``hf`` holds, with its shape.
+def expected_hf_shapes(hf, quantized: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor an HF gpt-oss checkpoint of config ``hf`` (or `ModelShape`) holds, with its shape.
 
     With ``quantized`` the expert matrices appear as MXFP4 pairs (``*_blocks [E, out, in/32, 16]`` and
     ``*_scales [E, out, in/32]``), as in ``openai/gpt-oss-*``; otherwise in transformers' ``[E, in, out]``.
+    Names and shapes come from `WEIGHT_MAP`.
 
     Examples:
         python -c "from convert.gpt_oss import *; print(len(expected_hf_shapes(load_hf_config('work/models/gpt-oss-tiny-hf'))))"
     """
-    h, inter, n = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
-    heads, groups = hf["num_attention_heads"], hf["num_key_value_heads"]
-    hd = hf.get("head_dim") or h // heads
-    e, v = hf["num_local_experts"], hf["vocab_size"]
-    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
-    if not hf.get("tie_word_embeddings"):
-        shapes["lm_head.weight"] = (v, h)
-    for i in range(n):
-        p = f"model.layers.{i}"
-        shapes.update(
-            {
-                f"{p}.input_layernorm.weight": (h,),
-                f"{p}.post_attention_layernorm.weight": (h,),
-                f"{p}.self_attn.q_proj.weight": (heads * hd, h),
-                f"{p}.self_attn.q_proj.bias": (heads * hd,),
-                f"{p}.self_attn.k_proj.weight": (groups * hd, h),
-                f"{p}.self_attn.k_proj.bias": (groups * hd,),
-                f"{p}.self_attn.v_proj.weight": (groups * hd, h),
-                f"{p}.self_attn.v_proj.bias": (groups * hd,),
-                f"{p}.self_attn.o_proj.weight": (h, heads * hd),
-                f"{p}.self_attn.o_proj.bias": (h,),
-                f"{p}.self_attn.sinks": (heads,),
-                f"{p}.mlp.router.weight": (e, h),
-                f"{p}.mlp.router.bias": (e,),
-                f"{p}.mlp.experts.gate_up_proj_bias": (e, 2 * inter),
-                f"{p}.mlp.experts.down_proj_bias": (e, h),
-            }
-        )
-        for name, d_in, d_out in (("gate_up_proj", h, 2 * inter), ("down_proj", inter, h)):
-            key = f"{p}.mlp.experts.{name}"
-            if quantized:
-                shapes[f"{key}_blocks"] = (e, d_out, d_in // mxfp4.BLOCK, mxfp4.BLOCK // 2)
-                shapes[f"{key}_scales"] = (e, d_out, d_in // mxfp4.BLOCK)
-            else:
-                shapes[key] = (e, d_in, d_out)
+    s = hf if isinstance(hf, ModelShape) else ModelShape.from_hf(hf)
+    shapes = {}
+    for layer in (None, *range(s.layers)):
+        for rule in _rules(WEIGHT_MAP, layer is not None, tied=s.tied):
+            for name, shape in zip(rule.hf, rule.hf_shapes(s), strict=True):
+                name = name.format(i=layer)
+                if quantized and rule.mxfp4:
+                    e, d_in, d_out = shape
+                    shapes[f"{name}_blocks"] = (e, d_out, d_in // mxfp4.BLOCK, mxfp4.BLOCK // 2)
+                    shapes[f"{name}_scales"] = (e, d_out, d_in // mxfp4.BLOCK)
+                else:
+                    shapes[name] = shape
     return shapes
 
 
@@ -501,13 +538,6 @@ class HFTensors(Mapping):
         return dense.transpose(-1, -2)
 
 
-def iter_hf_tensors(path: str | Path, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` of an HF gpt-oss checkpoint one tensor at a time (see `HFTensors`)."""
-    tensors = HFTensors(path, dtype)
-    for name in tensors:
-        yield name, tensors[name]
-
-
 def _interleave_to_halves(w: torch.Tensor) -> torch.Tensor:
     """HF gate/up rows alternate (gate0, up0, gate1, ...); megatron wants [all gate; all up]."""
     return torch.cat((w[0::2], w[1::2]), dim=0)
@@ -543,12 +573,143 @@ def split_qkv(qkv: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor, torch
     return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
 
 
+def _t(w: torch.Tensor) -> torch.Tensor:
+    """An expert weight between HF ``[in, out]`` and megatron ``[out, in]``; a bias (1-D) as it is."""
+    return w.t() if w.ndim == 2 else w
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How the HF tensor(s) of a `WeightRule` become its megatron-core tensor, and back (exact inverses)."""
+
+    name: str
+    to_mcore: Callable[..., torch.Tensor]  # (*hf tensors, cfg) -> megatron tensor
+    to_hf: Callable[
+        ..., tuple[torch.Tensor, ...]
+    ]  # (megatron tensor, cfg) -> hf tensors, in `WeightRule.hf` order
+
+
+COPY = Transform("copy", lambda t, cfg: t, lambda t, cfg: (t,))
+# HF q, k, v projections <-> megatron's one fused linear_qkv, grouped per query group.
+QKV = Transform("qkv", merge_qkv, split_qkv)
+# One expert's fc1: HF [in, out] with gate/up columns interleaved <-> megatron [out, in] with [gate; up] halves.
+FC1 = Transform(
+    "fc1", lambda t, cfg: _interleave_to_halves(_t(t)), lambda t, cfg: (_t(_halves_to_interleave(t)),)
+)
+# One expert's fc2: HF [in, out] <-> megatron [out, in].
+FC2 = Transform("fc2", lambda t, cfg: _t(t), lambda t, cfg: (_t(t),))
+
+
+@dataclass(frozen=True)
+class WeightRule:
+    """One row of `WEIGHT_MAP`: a megatron-core tensor, the HF tensor(s) it is made of, and how.
+
+    Patterns take ``{i}`` (layer) and ``{e}`` (expert). The megatron name is in the local (CPU) module layout;
+    `McoreNames` rewrites it for Transformer Engine's. A row whose megatron name has ``{e}`` is per expert:
+    its HF tensor stacks every expert (``[E, ...]``) and `transform` applies to one expert's slice.
+    """
+
+    mcore: str
+    hf: tuple[str, ...]
+    transform: Transform
+    part: str  # what the parameter counts group it under (`ModelShape.layer_parameters`, the planner)
+    hf_shapes: Callable[[ModelShape], tuple[tuple[int, ...], ...]]  # the shape of each HF tensor
+    mxfp4: bool = False  # OpenAI's checkpoints store this HF tensor as MXFP4 *_blocks/*_scales
+    tied: str | None = None  # the megatron tensor that stands in for this one when embeddings are tied
+
+    @property
+    def per_expert(self) -> bool:
+        return "{e}" in self.mcore
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.mcore
+
+
+def _row(mcore, hf, transform, part, hf_shapes, **kw) -> WeightRule:
+    hf = (hf,) if isinstance(hf, str) else tuple(hf)
+    return WeightRule(mcore, hf, transform, part, hf_shapes, **kw)
+
+
+_L, _H, _E = "decoder.layers.{i}", "model.layers.{i}", "decoder.layers.{i}.mlp.experts.local_experts.{e}"
+_QKV = ("q_proj", "k_proj", "v_proj")
+# The HF <-> megatron-core weight map of gpt-oss, declared once: the importer (`mcore_sources`), the exporter
+# (`mcore_to_hf`), the checkpoint check (`expected_hf_shapes`) and every parameter count derive from it.
+# Order: tensors outside the layers, then a layer's tensors; per-expert rows come last and run expert-major.
+WEIGHT_MAP: tuple[WeightRule, ...] = (
+    _row("embedding.word_embeddings.weight", "model.embed_tokens.weight", COPY, "embedding",
+         lambda s: ((s.vocab, s.hidden),)),
+    _row("decoder.final_layernorm.weight", "model.norm.weight", COPY, "final norm", lambda s: ((s.hidden,),)),
+    _row("output_layer.weight", "lm_head.weight", COPY, "output layer", lambda s: ((s.vocab, s.hidden),),
+         tied="embedding.word_embeddings.weight"),
+    _row(f"{_L}.input_layernorm.weight", f"{_H}.input_layernorm.weight", COPY, "router, norms",
+         lambda s: ((s.hidden,),)),
+    _row(f"{_L}.pre_mlp_layernorm.weight", f"{_H}.post_attention_layernorm.weight", COPY, "router, norms",
+         lambda s: ((s.hidden,),)),
+    _row(f"{_L}.self_attention.linear_qkv.weight", [f"{_H}.self_attn.{x}.weight" for x in _QKV], QKV,
+         "attention matrices", lambda s: ((s.q, s.hidden), (s.kv, s.hidden), (s.kv, s.hidden))),
+    _row(f"{_L}.self_attention.linear_proj.weight", f"{_H}.self_attn.o_proj.weight", COPY,
+         "attention matrices", lambda s: ((s.hidden, s.q),)),
+    _row(f"{_L}.mlp.router.weight", f"{_H}.mlp.router.weight", COPY, "router, norms",
+         lambda s: ((s.experts, s.hidden),)),
+    _row(f"{_L}.self_attention.linear_qkv.bias", [f"{_H}.self_attn.{x}.bias" for x in _QKV], QKV,
+         "attention biases, sinks", lambda s: ((s.q,), (s.kv,), (s.kv,))),
+    _row(f"{_L}.self_attention.linear_proj.bias", f"{_H}.self_attn.o_proj.bias", COPY,
+         "attention biases, sinks", lambda s: ((s.hidden,),)),
+    _row(f"{_L}.mlp.router.bias", f"{_H}.mlp.router.bias", COPY, "router, norms", lambda s: ((s.experts,),)),
+    _row(f"{_L}.self_attention.core_attention.softmax_offset", f"{_H}.self_attn.sinks", COPY,
+         "attention biases, sinks", lambda s: ((s.heads,),)),
+    _row(f"{_E}.linear_fc1.weight", f"{_H}.mlp.experts.gate_up_proj", FC1, "expert matrices",
+         lambda s: ((s.experts, s.hidden, 2 * s.inter),), mxfp4=True),
+    _row(f"{_E}.linear_fc1.bias", f"{_H}.mlp.experts.gate_up_proj_bias", FC1, "expert biases",
+         lambda s: ((s.experts, 2 * s.inter),)),
+    _row(f"{_E}.linear_fc2.weight", f"{_H}.mlp.experts.down_proj", FC2, "expert matrices",
+         lambda s: ((s.experts, s.inter, s.hidden),), mxfp4=True),
+    _row(f"{_E}.linear_fc2.bias", f"{_H}.mlp.experts.down_proj_bias", FC2, "expert biases",
+         lambda s: ((s.experts, s.hidden),)),
+)  # fmt: skip
+
+
+# NeMo's LoRA ``target_modules`` of gpt-oss -> the megatron-core module under ``decoder.layers.{i}`` each names
+# (`WEIGHT_MAP`'s linear layers). The planner and the recipe check targets against it; `convert.export_peft`
+# maps the attention ones to Hugging Face PEFT (the experts are no ``nn.Linear`` in transformers).
+LORA_TARGETS = {
+    "linear_qkv": "self_attention.linear_qkv",
+    "linear_proj": "self_attention.linear_proj",
+    "linear_fc1": "mlp.experts.linear_fc1",
+    "linear_fc2": "mlp.experts.linear_fc2",
+}
+EXPERT_LORA_TARGETS = ("linear_fc1", "linear_fc2")
+PEFT_MAPPED_TARGETS = {t: m for t, m in LORA_TARGETS.items() if t not in EXPERT_LORA_TARGETS}
+
+
+def _rules(table, layer: bool, tied: bool) -> list[WeightRule]:
+    """The rows of the layers (``layer``) or of the tensors outside them; tied embeddings drop the output row."""
+    return [r for r in table if r.per_layer == layer and not (tied and r.tied)]
+
+
+def _parameters_by_part(shape: ModelShape, layer: bool) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rule in _rules(WEIGHT_MAP, layer, tied=shape.tied):
+        counts[rule.part] = counts.get(rule.part, 0) + sum(math.prod(s) for s in rule.hf_shapes(shape))
+    return counts
+
+
+def count_parameters(hf_config) -> int:
+    """Total parameters of a gpt-oss from its config alone (nothing is allocated); see `ModelShape.total`.
+
+    Examples:
+        python -c "from convert.gpt_oss import count_parameters as c; print(c('../shared/data/gpt-oss/configs/gpt-oss-20b'))"
+    """
+    return ModelShape.from_hf(hf_config).total()
+
+
 class McoreNames:
-    """Parameter names of megatron-core's GPT model for one layer, in either module layout.
+    """Parameter names of megatron-core's GPT model in either module layout: `WEIGHT_MAP` patterns -> names.
 
     With Transformer Engine the norms are fused into the next linear (``linear_qkv.layer_norm_weight``) and
-    experts are grouped (``experts.linear_fc1.weight{e}``); the local (CPU) spec has separate norms and
-    sequential experts (``experts.local_experts.{e}.linear_fc1.weight``).
+    experts are grouped (``experts.linear_fc1.weight{e}``); the local (CPU) spec, in which `WEIGHT_MAP` is
+    written, has separate norms and sequential experts (``experts.local_experts.{e}.linear_fc1.weight``).
     """
 
     def __init__(self, target_keys):
@@ -556,20 +717,30 @@ class McoreNames:
         self.fused_norm = any(k.endswith("self_attention.linear_qkv.layer_norm_weight") for k in keys)
         self.grouped = any(".mlp.experts.linear_fc1.weight" in k for k in keys)
 
-    def input_norm(self, p):
-        return (
-            f"{p}.self_attention.linear_qkv.layer_norm_weight"
-            if self.fused_norm
-            else f"{p}.input_layernorm.weight"
-        )
-
-    def mlp_norm(self, p):
-        return f"{p}.pre_mlp_layernorm.weight"
-
-    def expert(self, p, e, fc, kind):
+    def __call__(self, pattern: str, **where) -> str:
+        """The name of ``pattern`` in this layout, with ``where`` (``i``, ``e``) filled in."""
+        if self.fused_norm:
+            pattern = pattern.replace(
+                ".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"
+            )
         if self.grouped:
-            return f"{p}.mlp.experts.{fc}.{kind}{e}"
-        return f"{p}.mlp.experts.local_experts.{e}.{fc}.{kind}"
+            pattern = re.sub(
+                r"\.local_experts\.\{e\}\.(linear_fc[12])\.(weight|bias)$", r".\1.\2{e}", pattern
+            )
+        return pattern.format(**where)
+
+
+def name_map(cfg, names: McoreNames) -> dict[str, tuple[str, ...]]:
+    """Every megatron-core tensor name -> the HF tensor names it is made of, expanded from `WEIGHT_MAP`.
+
+    An expert's tensor maps to its slice of the stacked HF tensor, so its HF name is shared by all experts.
+    """
+    out = {}
+    for layer in (None, *range(cfg.num_layers)):
+        for rule in _rules(WEIGHT_MAP, layer is not None, cfg.share_embeddings_and_output_weights):
+            for e in range(cfg.num_moe_experts) if rule.per_expert else (None,):
+                out[names(rule.mcore, i=layer, e=e)] = tuple(h.format(i=layer) for h in rule.hf)
+    return out
 
 
 def hf_to_mcore(hf: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[str, torch.Tensor]:
@@ -579,21 +750,15 @@ def hf_to_mcore(hf: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[
 
 def hf_to_mcore_outer(hf: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """The tensors outside the layers: embeddings, final norm and (untied) output layer."""
-    return {name: read() for name, read in mcore_outer_sources(hf, cfg).items()}
-
-
-def hf_to_mcore_layer(
-    hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
-) -> dict[str, torch.Tensor]:
-    """Layer ``i`` of an HF gpt-oss state dict in megatron-core names and layouts (reads only that layer)."""
-    return dict(iter_mcore_layer(hf, i, cfg, names))
+    return {name: read() for name, read in _sources(hf, cfg, McoreNames([]), None).items()}
 
 
 def iter_mcore_layer(
     hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """`hf_to_mcore_layer` one tensor at a time: a consumer that copies each away holds one expert's copy."""
-    for name, read in mcore_layer_sources(hf, i, cfg, names).items():
+    """Layer ``i`` in megatron-core names and layouts, one tensor at a time (reads only that layer): a consumer
+    that copies each away holds one expert's copy."""
+    for name, read in _sources(hf, cfg, names, i).items():
         yield name, read()
 
 
@@ -609,124 +774,52 @@ def mcore_sources(
     Examples:
         python -c "from convert.gpt_oss import *; from convert.import_hf import GptOssHFImporter as I; p = 'work/models/gpt-oss-tiny-hf'; print(list(mcore_sources(HFTensors(p), I(p).config, McoreNames([]))))"
     """
-    sources = mcore_outer_sources(hf, cfg)
+    sources = _sources(hf, cfg, names, None)
     for i in range(cfg.num_layers):
-        sources.update(mcore_layer_sources(hf, i, cfg, names))
+        sources.update(_sources(hf, cfg, names, i))
     return sources
 
 
-def mcore_outer_sources(hf: Mapping[str, torch.Tensor], cfg) -> dict[str, Callable[[], torch.Tensor]]:
-    """`mcore_sources` of the tensors outside the layers: embeddings, final norm and (untied) output layer."""
-    sources = {
-        "embedding.word_embeddings.weight": partial(_get, hf, "model.embed_tokens.weight"),
-        "decoder.final_layernorm.weight": partial(_get, hf, "model.norm.weight"),
-    }
-    if not cfg.share_embeddings_and_output_weights:
-        sources["output_layer.weight"] = partial(_get, hf, "lm_head.weight")
-    return sources
-
-
-def mcore_layer_sources(
-    hf: Mapping[str, torch.Tensor], i: int, cfg, names: McoreNames
-) -> dict[str, Callable[[], torch.Tensor]]:
-    """`mcore_sources` of layer ``i``: attention, router and one entry per expert tensor."""
-    h, p = f"model.layers.{i}", f"decoder.layers.{i}"
-    sources = {
-        names.input_norm(p): partial(_get, hf, f"{h}.input_layernorm.weight"),
-        names.mlp_norm(p): partial(_get, hf, f"{h}.post_attention_layernorm.weight"),
-    }
-    for kind in ("weight", "bias"):
-        sources[f"{p}.self_attention.linear_qkv.{kind}"] = partial(_qkv, hf, f"{h}.self_attn", kind, cfg)
-        sources[f"{p}.self_attention.linear_proj.{kind}"] = partial(_get, hf, f"{h}.self_attn.o_proj.{kind}")
-        sources[f"{p}.mlp.router.{kind}"] = partial(_get, hf, f"{h}.mlp.router.{kind}")
-    sources[f"{p}.self_attention.core_attention.softmax_offset"] = partial(_get, hf, f"{h}.self_attn.sinks")
-    experts = f"{h}.mlp.experts"
+def _sources(hf, cfg, names: McoreNames, i: int | None) -> dict[str, Callable[[], torch.Tensor]]:
+    """`mcore_sources` of layer ``i``, or of the tensors outside the layers when ``i`` is None."""
+    rules = _rules(WEIGHT_MAP, i is not None, cfg.share_embeddings_and_output_weights)
+    sources = {}
+    for rule in (r for r in rules if not r.per_expert):
+        sources[names(rule.mcore, i=i)] = partial(_read, hf, rule, i, None, cfg)
     for e in range(cfg.num_moe_experts):
-        sources[names.expert(p, e, "linear_fc1", "weight")] = partial(_fc1, hf, f"{experts}.gate_up_proj", e)
-        sources[names.expert(p, e, "linear_fc1", "bias")] = partial(
-            _fc1, hf, f"{experts}.gate_up_proj_bias", e
-        )
-        sources[names.expert(p, e, "linear_fc2", "weight")] = partial(_fc2, hf, f"{experts}.down_proj", e)
-        sources[names.expert(p, e, "linear_fc2", "bias")] = partial(_fc2, hf, f"{experts}.down_proj_bias", e)
+        for rule in (r for r in rules if r.per_expert):
+            sources[names(rule.mcore, i=i, e=e)] = partial(_read, hf, rule, i, e, cfg)
     return sources
 
 
-def _get(hf: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    return hf[key]
-
-
-def _expert(hf: Mapping[str, torch.Tensor], key: str, e: int) -> torch.Tensor:
-    """Expert ``e`` of ``hf[key]``; an `HFTensors` reads (and dequantises) that expert alone."""
-    return hf.expert(key, e) if isinstance(hf, HFTensors) else hf[key][e]
-
-
-def _qkv(hf: Mapping[str, torch.Tensor], attn: str, kind: str, cfg) -> torch.Tensor:
-    return merge_qkv(*(hf[f"{attn}.{x}_proj.{kind}"] for x in "qkv"), cfg)
-
-
-def _fc1(hf: Mapping[str, torch.Tensor], key: str, e: int) -> torch.Tensor:
-    """Expert ``e``'s fc1 weight or bias: HF ``[in, out]`` (weight) with gate/up interleaved -> ``[out, in]`` halves."""
-    t = _expert(hf, key, e)
-    return _interleave_to_halves(t.t() if t.ndim == 2 else t)
-
-
-def _fc2(hf: Mapping[str, torch.Tensor], key: str, e: int) -> torch.Tensor:
-    """Expert ``e``'s fc2 weight or bias: HF ``[in, out]`` (weight) -> ``[out, in]``."""
-    t = _expert(hf, key, e)
-    return t.t() if t.ndim == 2 else t
+def _read(
+    hf: Mapping[str, torch.Tensor], rule: WeightRule, i: int | None, e: int | None, cfg
+) -> torch.Tensor:
+    keys = [h.format(i=i) for h in rule.hf]
+    if e is None:
+        return rule.transform.to_mcore(*(hf[k] for k in keys), cfg)
+    # Expert e of the stacked HF tensor; an `HFTensors` reads (and dequantises) that expert alone.
+    return rule.transform.to_mcore(
+        *(hf.expert(k, e) if isinstance(hf, HFTensors) else hf[k][e] for k in keys), cfg
+    )
 
 
 def mcore_to_hf(mc: Mapping[str, torch.Tensor], cfg, names: McoreNames) -> dict[str, torch.Tensor]:
     """Inverse of `hf_to_mcore`: megatron-core state dict -> HF gpt-oss names and BF16 layout."""
-    out = {
-        "model.embed_tokens.weight": mc["embedding.word_embeddings.weight"],
-        "model.norm.weight": mc["decoder.final_layernorm.weight"],
-        "lm_head.weight": mc["embedding.word_embeddings.weight"]
-        if cfg.share_embeddings_and_output_weights
-        else mc["output_layer.weight"],
-    }
-    for i in range(cfg.num_layers):
-        h, p = f"model.layers.{i}", f"decoder.layers.{i}"
-        out[f"{h}.input_layernorm.weight"] = mc[names.input_norm(p)]
-        out[f"{h}.post_attention_layernorm.weight"] = mc[names.mlp_norm(p)]
-        for kind in ("weight", "bias"):
-            q, k, v = split_qkv(mc[f"{p}.self_attention.linear_qkv.{kind}"], cfg)
-            out[f"{h}.self_attn.q_proj.{kind}"] = q
-            out[f"{h}.self_attn.k_proj.{kind}"] = k
-            out[f"{h}.self_attn.v_proj.{kind}"] = v
-            out[f"{h}.self_attn.o_proj.{kind}"] = mc[f"{p}.self_attention.linear_proj.{kind}"]
-            out[f"{h}.mlp.router.{kind}"] = mc[f"{p}.mlp.router.{kind}"]
-        out[f"{h}.self_attn.sinks"] = mc[f"{p}.self_attention.core_attention.softmax_offset"]
-        experts = range(cfg.num_moe_experts)
-        out[f"{h}.mlp.experts.gate_up_proj"] = torch.stack(
-            [_halves_to_interleave(mc[names.expert(p, e, "linear_fc1", "weight")]).t() for e in experts]
-        )
-        out[f"{h}.mlp.experts.gate_up_proj_bias"] = torch.stack(
-            [_halves_to_interleave(mc[names.expert(p, e, "linear_fc1", "bias")]) for e in experts]
-        )
-        out[f"{h}.mlp.experts.down_proj"] = torch.stack(
-            [mc[names.expert(p, e, "linear_fc2", "weight")].t() for e in experts]
-        )
-        out[f"{h}.mlp.experts.down_proj_bias"] = torch.stack(
-            [mc[names.expert(p, e, "linear_fc2", "bias")] for e in experts]
-        )
+    out = {}
+    for layer in (None, *range(cfg.num_layers)):
+        for rule in _rules(WEIGHT_MAP, layer is not None, tied=False):
+            source = rule.tied if rule.tied and cfg.share_embeddings_and_output_weights else rule.mcore
+            if rule.per_expert:
+                experts = [
+                    rule.transform.to_hf(mc[names(source, i=layer, e=e)], cfg)
+                    for e in range(cfg.num_moe_experts)
+                ]
+                parts = [torch.stack(column) for column in zip(*experts, strict=True)]
+            else:
+                parts = rule.transform.to_hf(mc[names(source, i=layer)], cfg)
+            out.update({h.format(i=layer): t for h, t in zip(rule.hf, parts, strict=True)})
     return {k: v.contiguous() for k, v in out.items()}
-
-
-def count_parameters(hf_config) -> int:
-    """Total parameters of a gpt-oss from its config alone (nothing is allocated)."""
-    hf = load_hf_config(hf_config)
-    h, inter, n = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
-    heads, groups = hf["num_attention_heads"], hf["num_key_value_heads"]
-    hd = hf.get("head_dim") or h // heads
-    e, v = hf["num_local_experts"], hf["vocab_size"]
-    q, kv = heads * hd, groups * hd
-    attn = h * (q + 2 * kv) + (q + 2 * kv) + q * h + h + heads  # qkv w+b, o w+b, sinks
-    experts = e * (h * 2 * inter + 2 * inter + inter * h + h)
-    router = e * h + e
-    layer = attn + experts + router + 2 * h  # two RMSNorm weights
-    embeddings = v * h * (1 if hf.get("tie_word_embeddings") else 2)
-    return n * layer + embeddings + h  # + final norm
 
 
 def count_nemo_parameters(hf_config) -> int:

@@ -82,11 +82,30 @@ def build_tokenizer(vocab_size: int, seed: int = 0):
     return fast
 
 
+# The tiny shape's keys that are transformers' own GptOssConfig fields, passed through unchanged.
+_HF_FIELDS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "sliding_window",
+    "max_position_embeddings",
+    "rope_theta",
+    "swiglu_limit",
+    "rms_norm_eps",
+    "initializer_range",
+)
+
+
 def hf_config(shape: dict, vocab_size: int, dtype: torch.dtype, tokenizer=None):
-    """The ``GptOssConfig`` of a shrunk gpt-oss; layers alternate sliding-window and full attention."""
+    """The ``GptOssConfig`` of a shrunk gpt-oss; layers alternate sliding-window and full attention (the
+    ``layer_types`` that transformers gives a config without them)."""
     from transformers import GptOssConfig
 
-    n = shape["num_hidden_layers"]
     special = {}
     if tokenizer is not None:
         special = {
@@ -96,24 +115,10 @@ def hf_config(shape: dict, vocab_size: int, dtype: torch.dtype, tokenizer=None):
         }
     return GptOssConfig(
         vocab_size=vocab_size,
-        hidden_size=shape["hidden_size"],
-        intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=n,
-        num_attention_heads=shape["num_attention_heads"],
-        num_key_value_heads=shape["num_key_value_heads"],
-        head_dim=shape["head_dim"],
-        num_local_experts=shape["num_local_experts"],
-        num_experts_per_tok=shape["num_experts_per_tok"],
+        **{key: shape[key] for key in _HF_FIELDS},
         experts_per_token=shape["num_experts_per_tok"],
-        sliding_window=shape["sliding_window"],
-        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)],
-        max_position_embeddings=shape["max_position_embeddings"],
         initial_context_length=shape["rope_scaling"]["original_max_position_embeddings"],
-        rope_theta=shape["rope_theta"],
         rope_scaling=dict(shape["rope_scaling"]),
-        swiglu_limit=shape["swiglu_limit"],
-        rms_norm_eps=shape["rms_norm_eps"],
-        initializer_range=shape["initializer_range"],
         attention_bias=True,
         tie_word_embeddings=False,
         router_aux_loss_coef=0.9,

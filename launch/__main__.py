@@ -30,7 +30,11 @@ from recipes import plan as planner
 
 
 def checks(cfg: DictConfig, node_rank: int) -> tuple[str, list[str]]:
-    """The memory table and every problem found by the recipe's validation, the planner and the executor."""
+    """The memory table and every problem found by the recipe's validation, the planner and the executor.
+
+    The layout rules that both the recipe and the planner enforce (`recipes.plan.layout_problems`) come from
+    ``validate`` alone, so each problem is listed once.
+    """
     from recipes.finetune import ConfigError, validate
 
     found = []
@@ -40,7 +44,7 @@ def checks(cfg: DictConfig, node_rank: int) -> tuple[str, list[str]]:
         found += str(e).splitlines()[1:]
     out = StringIO()
     try:
-        planner.check(cfg, out=out)
+        planner.check(cfg, out=out, rules=False)
     except planner.PlanError as e:
         if cfg.plan.enforce:
             found += [f"  {line}" for line in str(e).splitlines()]

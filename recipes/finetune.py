@@ -29,8 +29,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import compat  # the version gate: an unverified stack stops here, before anything is built
 import recipes.schema  # noqa: F401  (registers finetune_schema)
-from recipes.plan import LORA_TARGETS
+from recipes.plan import config_problems
 
 PEFT_SCHEMES = ("lora", "none")
 # precision.fp8_recipe -> NeMo's mixed-precision recipe (nemo.collections.llm.recipes.precision.mixed_precision)
@@ -50,31 +51,18 @@ def validate(cfg: DictConfig) -> None:
     problems = []
     if cfg.peft.name not in PEFT_SCHEMES:
         problems.append(f"peft.name={cfg.peft.name!r} is unknown; use one of {PEFT_SCHEMES} (peft=lora)")
+    # The layout rules (parallel sizes, FP8 base weights, LoRA targets) are the planner's, reported from there.
+    problems += config_problems(cfg)
     par, d = cfg.parallel, cfg.data
     world = cfg.cluster.num_nodes * cfg.cluster.devices_per_node
     model_par = par.tensor_model_parallel_size * par.pipeline_model_parallel_size
-    if world % model_par:
+    dp = world // model_par
+    if not world % model_par and d.global_batch_size % (d.micro_batch_size * dp):
         problems.append(
-            f"tensor x pipeline parallel = {model_par} does not divide the {world} devices "
-            f"(cluster.num_nodes x cluster.devices_per_node); change parallel.* or the cluster"
+            f"data.global_batch_size={d.global_batch_size} is not a multiple of micro_batch_size x "
+            f"data-parallel size = {d.micro_batch_size} x {dp}; e.g. data.global_batch_size="
+            f"{d.micro_batch_size * dp * max(1, d.global_batch_size // (d.micro_batch_size * dp))}"
         )
-    else:
-        dp = world // model_par
-        if d.global_batch_size % (d.micro_batch_size * dp):
-            problems.append(
-                f"data.global_batch_size={d.global_batch_size} is not a multiple of micro_batch_size x "
-                f"data-parallel size = {d.micro_batch_size} x {dp}; e.g. data.global_batch_size="
-                f"{d.micro_batch_size * dp * max(1, d.global_batch_size // (d.micro_batch_size * dp))}"
-            )
-    experts = _num_experts(cfg)
-    ep = par.expert_model_parallel_size
-    if experts and experts % ep:
-        divisors = [k for k in range(1, experts + 1) if experts % k == 0 and k <= world]
-        problems.append(
-            f"parallel.expert_model_parallel_size={ep} does not divide {experts} experts; use one of {divisors}"
-        )
-    if ep > world:
-        problems.append(f"parallel.expert_model_parallel_size={ep} exceeds the {world} devices")
     if cfg.model.tiny is None and not (Path(cfg.model.hf_path) / "config.json").exists():
         problems.append(
             f"model.hf_path={cfg.model.hf_path} has no config.json: download the checkpoint there "
@@ -94,16 +82,6 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"precision.fp8_recipe={prec.fp8_recipe!r} is unknown; use one of {list(FP8_RECIPES)}"
         )
-    if prec.base_weights == "fp8" and cfg.peft.name != "lora":
-        problems.append(
-            "precision=fp8_base freezes the base weights in FP8: it needs peft=lora (or precision=bf16)"
-        )
-    unknown = sorted(set(cfg.peft.target_modules) - set(LORA_TARGETS))
-    if cfg.peft.name == "lora" and unknown:
-        problems.append(
-            f"peft.target_modules {unknown} match no gpt-oss module; use some of {list(LORA_TARGETS)} "
-            "(peft=lora: attention, peft=lora_experts: attention and experts)"
-        )
     if cfg.trainer.max_steps < 1:
         problems.append(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1")
     stop = cfg.trainer.stop_at_step
@@ -118,21 +96,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("the config cannot run:\n  - " + "\n  - ".join(problems))
 
 
-def _num_experts(cfg: DictConfig) -> int | None:
-    if cfg.model.tiny is not None:
-        return cfg.model.tiny.num_local_experts
-    config = Path(cfg.model.hf_path) / "config.json"
-    return json.loads(config.read_text())["num_local_experts"] if config.exists() else None
-
-
 def model_config(cfg: DictConfig, cuda: bool | None = None):
     """``run.Config`` of the NeMo model: our faithful mapping of the checkpoint's HF config, plus the CPU
     measures when CUDA is absent (given to the constructor so they are recorded in checkpoints)."""
     import nemo_run as run
     from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig, GPTOSSModel
 
-    from convert.gpt_oss import load_generation_config, load_hf_config, nemo_config_kwargs
     from compat import cpu
+    from convert.gpt_oss import load_generation_config, load_hf_config, nemo_config_kwargs
 
     kwargs = {**nemo_config_kwargs(load_hf_config(cfg.model.hf_path)), **cpu.config_overrides(cuda)}
     kwargs["seq_length"] = cfg.data.seq_length
@@ -500,8 +471,8 @@ def run_finetune(cfg: DictConfig) -> dict:
     import fiddle as fdl
 
     import convert.import_hf  # noqa: F401  (registers our gpt-oss importer with NeMo)
-    from convert import verify
     from compat import cpu, upstream
+    from convert import verify
 
     validate(cfg)
     from recipes.plan import PlanError, check
@@ -550,6 +521,8 @@ def run_finetune(cfg: DictConfig) -> dict:
         "trainable_by_part": breakdown(record.trainable),
         "trainable_names": sorted(record.trainable),
         "processes": world_size(),
+        # What the version gate found, and whether GPT_OSS_ALLOW_UNVERIFIED let an unverified stack run.
+        "stack": compat.versions.report(),
     }
     if not leader:
         return summary
@@ -599,10 +572,10 @@ def main(cfg: DictConfig) -> None:
     if cfg.trainer.stop_at_step and cfg.trainer.stop_at_step < cfg.trainer.max_steps:
         print(f"\nStopped after step {cfg.trainer.stop_at_step}; continue with: run_id={cfg.run_id}")
     if "hf_export" in summary:
-        from convert.export_peft import MAPPED_TARGETS
+        from convert.gpt_oss import PEFT_MAPPED_TARGETS
 
         adapter = ""
-        if cfg.peft.name == "lora" and set(cfg.peft.target_modules) <= set(MAPPED_TARGETS):
+        if cfg.peft.name == "lora" and set(cfg.peft.target_modules) <= set(PEFT_MAPPED_TARGETS):
             adapter = (
                 f"  adapter:    python -m convert.export_peft --lora {summary['checkpoint']} "
                 f"--out {summary['run_dir']}/hf_peft --base {cfg.model.hf_path or '<hf folder>'}\n"

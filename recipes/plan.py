@@ -1,7 +1,8 @@
 """Memory plan of a fine-tuning run: does it fit the cluster, and if not, what is the nearest plan that does?
 
 Runs before anything heavy (no NeMo import, no weights): it reads the model's Hugging Face ``config.json``
-(or the tiny model's shape), splits the parameters into attention / experts / router / embeddings, shards
+(or the tiny model's shape) into `convert.gpt_oss.ModelShape`, takes the parameters of each part (attention /
+experts / router / embeddings) from the converters' weight map (`convert.gpt_oss.WEIGHT_MAP`), shards
 them as megatron-core does, and adds gradients, optimizer states, LoRA adapters, activations and the host
 memory needed while loading. An infeasible plan is refused with the numbers and the nearest feasible one::
 
@@ -26,6 +27,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import recipes.schema  # noqa: F401  (registers finetune_schema)
+from convert.gpt_oss import LORA_TARGETS, ModelShape
 
 GB = 1e9
 
@@ -103,86 +105,6 @@ class PlanError(ValueError):
     """A plan that cannot run, or cannot be computed; the message names the fix."""
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes the planner needs, read from a Hugging Face gpt-oss config."""
-
-    layers: int
-    hidden: int
-    inter: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    experts: int
-    top_k: int
-    vocab: int
-    tied: bool
-    dtype_bytes: int  # of the checkpoint's weights (bf16: 2, fp32: 4)
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> ModelShape:
-        from convert.gpt_oss import load_hf_config
-
-        hf = load_hf_config(hf)
-        dtype = str(hf.get("torch_dtype") or hf.get("dtype") or "bfloat16").replace("torch.", "")
-        return cls(
-            layers=hf["num_hidden_layers"],
-            hidden=hf["hidden_size"],
-            inter=hf["intermediate_size"],
-            heads=hf["num_attention_heads"],
-            kv_heads=hf["num_key_value_heads"],
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-            experts=hf["num_local_experts"],
-            top_k=hf.get("num_experts_per_tok", hf.get("experts_per_token")),
-            vocab=hf["vocab_size"],
-            tied=bool(hf.get("tie_word_embeddings", False)),
-            dtype_bytes={"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2),
-        )
-
-    @property
-    def q(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    # Per layer, as in convert.gpt_oss.count_parameters (the tests check that these add up to it).
-    @property
-    def attn_matrices(self) -> int:
-        return self.hidden * (self.q + 2 * self.kv) + self.q * self.hidden  # qkv and o weights
-
-    @property
-    def attn_small(self) -> int:
-        return (self.q + 2 * self.kv) + self.hidden + self.heads  # qkv and o biases, sinks
-
-    @property
-    def expert_matrices(self) -> int:
-        return self.experts * 3 * self.hidden * self.inter  # gate_up [h, 2i] and down [i, h] per expert
-
-    @property
-    def expert_small(self) -> int:
-        return self.experts * (2 * self.inter + self.hidden)  # their biases
-
-    @property
-    def router(self) -> int:
-        return self.experts * self.hidden + self.experts
-
-    @property
-    def norms(self) -> int:
-        return 2 * self.hidden
-
-    @property
-    def embedding(self) -> int:
-        return self.vocab * self.hidden  # the input embedding; the output layer is the same size when untied
-
-    def total(self) -> int:
-        layer = (
-            self.attn_matrices + self.attn_small + self.expert_matrices + self.expert_small + self.router
-        ) + self.norms
-        return self.layers * layer + self.embedding * (1 if self.tied else 2) + self.hidden
-
-
 def model_shape(cfg: DictConfig) -> ModelShape:
     """The shape of ``cfg.model``: the checkpoint's config.json, or the tiny model's shape when not built yet."""
     folder = Path(cfg.model.hf_path)
@@ -207,8 +129,6 @@ def tiny_hf_config(shape: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the plan
-
-LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 
 @dataclass(frozen=True)
@@ -279,14 +199,16 @@ def parameters_per_device(plan: Plan) -> dict[str, int]:
     are replicated.
     """
     s, n = plan.shape, plan.layers_per_stage
+    layer, outer = s.layer_parameters(), s.outer_parameters()
     experts_sharded = plan.ep * plan.etp
+    embeddings = outer["embedding"] + (outer.get("output layer", 0) if plan.pp == 1 else 0)
     return {
-        "attention matrices": n * s.attn_matrices // plan.tp,
-        "attention biases, sinks": n * s.attn_small // plan.tp,
-        "expert matrices": n * s.expert_matrices // experts_sharded,
-        "expert biases": n * s.expert_small // experts_sharded,
-        "router, norms": n * (s.router + s.norms) + s.hidden,
-        "embeddings": s.embedding * (2 if plan.pp == 1 and not s.tied else 1) // plan.tp,
+        "attention matrices": n * layer["attention matrices"] // plan.tp,
+        "attention biases, sinks": n * layer["attention biases, sinks"] // plan.tp,
+        "expert matrices": n * layer["expert matrices"] // experts_sharded,
+        "expert biases": n * layer["expert biases"] // experts_sharded,
+        "router, norms": n * layer["router, norms"] + outer["final norm"],
+        "embeddings": embeddings // plan.tp,
     }
 
 
@@ -305,7 +227,8 @@ def lora_parameters_per_device(plan: Plan) -> int:
         "linear_fc1": (s.experts // plan.ep) * r * (s.hidden + 2 * s.inter),
         "linear_fc2": (s.experts // plan.ep) * r * (s.inter + s.hidden),
     }
-    return plan.layers_per_stage * sum(per_layer[t] for t in plan.lora_targets)
+    # An unknown target counts nothing here; `layout_problems` refuses it with the fix.
+    return plan.layers_per_stage * sum(per_layer.get(t, 0) for t in plan.lora_targets)
 
 
 def activation_bytes_per_token_layer(plan: Plan) -> float:
@@ -453,26 +376,89 @@ def estimate(plan: Plan) -> Estimate:
     )
 
 
-def problems(plan: Plan, est: Estimate | None = None) -> list[str]:
-    """Why a plan cannot run: shape rules first, then memory; empty when it fits."""
-    s = plan.shape
+def layout_problems(
+    *,
+    experts: int | None,
+    world: int,
+    tp: int,
+    pp: int,
+    ep: int,
+    etp: int,
+    peft: str,
+    lora_targets,
+    base_weights: str,
+) -> list[str]:
+    """The rules a run's layout must follow, each stated here once; empty when it follows them all.
+
+    The planner (`problems`) and the recipe (`recipes.finetune.validate`, through `config_problems`) both
+    report these; ``experts`` is None when the model's shape is not known yet (that rule is then skipped).
+
+    Examples:
+        python -c "from recipes.plan import layout_problems as f; print(f(experts=32, world=1, tp=1, pp=1, ep=3, etp=1, peft='lora', lora_targets=[], base_weights='model'))"
+    """
     out = []
-    if plan.base_weights == "fp8" and plan.peft != "lora":
-        out.append("precision=fp8_base freezes the base weights in FP8; it needs peft=lora")
-    if s.experts % plan.ep:
-        divisors = [k for k in range(1, s.experts + 1) if s.experts % k == 0 and k <= plan.world]
+    if base_weights == "fp8" and peft != "lora":
         out.append(
-            f"expert_model_parallel_size={plan.ep} does not divide {s.experts} experts; use one of "
+            "precision=fp8_base freezes the base weights in FP8: it needs peft=lora (or precision=bf16)"
+        )
+    if experts and experts % ep:
+        divisors = [k for k in range(1, experts + 1) if experts % k == 0 and k <= world]
+        out.append(
+            f"expert_model_parallel_size={ep} does not divide {experts} experts; use one of "
             f"{', '.join(map(str, divisors))} (parallel.expert_model_parallel_size=...)"
         )
-    if plan.world % (plan.tp * plan.pp) or plan.world % (plan.ep * plan.etp * plan.pp):
+    if world % (tp * pp) or world % (ep * etp * pp):
         out.append(
-            f"TP {plan.tp} x PP {plan.pp} and EP {plan.ep} x ETP {plan.etp} x PP {plan.pp} must divide the "
-            f"{plan.world} devices (cluster.num_nodes x cluster.devices_per_node)"
+            f"TP {tp} x PP {pp} and EP {ep} x ETP {etp} x PP {pp} must divide the "
+            f"{world} devices (cluster.num_nodes x cluster.devices_per_node)"
         )
-    unknown = sorted(set(plan.lora_targets) - set(LORA_TARGETS))
-    if plan.peft == "lora" and unknown:
-        out.append(f"peft.target_modules {unknown} match no gpt-oss module; use some of {list(LORA_TARGETS)}")
+    unknown = sorted(set(lora_targets) - set(LORA_TARGETS))
+    if peft == "lora" and unknown:
+        out.append(
+            f"peft.target_modules {unknown} match no gpt-oss module; use some of {list(LORA_TARGETS)} "
+            "(peft=lora: attention, peft=lora_experts: attention and experts)"
+        )
+    return out
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """`layout_problems` of a composed config, before its model is planned (or even downloaded)."""
+    c, p = cfg.cluster, cfg.parallel
+    try:
+        experts = model_shape(cfg).experts
+    except PlanError:  # no config.json: the recipe reports that itself, with the download command
+        experts = None
+    return layout_problems(
+        experts=experts,
+        world=c.num_nodes * c.devices_per_node,
+        tp=p.tensor_model_parallel_size,
+        pp=p.pipeline_model_parallel_size,
+        ep=p.expert_model_parallel_size,
+        etp=p.expert_tensor_parallel_size,
+        peft=cfg.peft.name,
+        lora_targets=cfg.peft.target_modules,
+        base_weights=cfg.precision.base_weights if "precision" in cfg else "model",
+    )
+
+
+def plan_layout_problems(plan: Plan) -> list[str]:
+    """`layout_problems` of a `Plan`."""
+    return layout_problems(
+        experts=plan.shape.experts,
+        world=plan.world,
+        tp=plan.tp,
+        pp=plan.pp,
+        ep=plan.ep,
+        etp=plan.etp,
+        peft=plan.peft,
+        lora_targets=plan.lora_targets,
+        base_weights=plan.base_weights,
+    )
+
+
+def problems(plan: Plan, est: Estimate | None = None) -> list[str]:
+    """Why a plan cannot run: the layout rules (`layout_problems`) first, then memory; empty when it fits."""
+    out = plan_layout_problems(plan)
     if out:
         return out
     est = est or estimate(plan)
@@ -587,8 +573,15 @@ def table(plan: Plan, est: Estimate) -> str:
     return "\n".join(lines)
 
 
-def check(cfg: DictConfig, out=None) -> Plan:
+def check(cfg: DictConfig, out=None, rules: bool = True) -> Plan:
     """Print the plan of ``cfg``; raise `PlanError` with the numbers and the nearest feasible plan if it cannot fit.
+
+    Args:
+        cfg: A composed config (`compose`, ``recipes.finetune.compose``).
+        out: Where the table goes; default stdout.
+        rules: Also report broken `layout_problems`. False when the caller has reported them already
+            (``recipes.finetune.validate`` through `config_problems`), so that each is reported once: a plan
+            that breaks one is then printed but not judged, since its memory means nothing until it is fixed.
 
     Examples:
         python -m recipes.plan experiment=spark_pair_20b_lora
@@ -597,6 +590,8 @@ def check(cfg: DictConfig, out=None) -> Plan:
     plan = plan_from_cfg(cfg)
     est = estimate(plan)
     print(table(plan, est), file=out)
+    if not rules and plan_layout_problems(plan):
+        return plan
     found = problems(plan, est)
     if not found:
         print("  fits.", file=out)
