@@ -11,7 +11,7 @@ BASE ?= $(WORK)/models/gpt-oss-tiny-hf
 NGC_BASE_IMAGE = $$(sed -n 's/^NGC_BASE_IMAGE = "\(.*\)"/\1/p' compat/versions.py)
 PROJECT_IMAGE = $$(sed -n 's/^PROJECT_IMAGE = "\(.*\)"/\1/p' compat/versions.py)
 
-.PHONY: help setup image test lint finetune plan launch predict export-peft data data-real baselines bench-data bench-finetune clean
+.PHONY: help setup image test lint finetune plan launch predict export-peft data data-real baselines bench-data bench-fast bench-finetune clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ baselines:  ## classical baselines on prepared data, scored by the evaluator (DA
 
 bench-data:  ## data-prep throughput and peak RSS (ROWS=200000 for a quick check)
 	$(PY) bench/bench_data_prep.py --rows $(ROWS)
+
+bench-fast:  ## each hand-written fast path of data_prep against its library alternative (ROWS=200000 for a quick check)
+	$(PY) bench/bench_fast_paths.py --rows $(ROWS)
 
 bench-finetune:  ## wall time of make finetune, cold and warm
 	$(PY) bench/bench_finetune.py

@@ -11,6 +11,9 @@ reclaimed). Target: at least 100,000 rows/s.
 ``--baseline`` then converts the same file with the code of another checkout (say, a copy of an
 older commit) in a second child, for a side-by-side figure from one session.
 
+``bench/bench_fast_paths.py`` times each hand-written fast path of ``data_prep.fast`` against the library
+call it replaces, on the same generated rows.
+
 Examples:
     python bench/bench_data_prep.py                 # 1,000,000 rows
     python bench/bench_data_prep.py --rows 200000 --answer-format json

@@ -293,7 +293,9 @@ def main() -> None:
     parser.add_argument("--hf", required=True, help="reference Hugging Face folder")
     parser.add_argument("--nemo", help="NeMo checkpoint to check")
     parser.add_argument("--other", help="or: a Hugging Face folder to check (e.g. an export)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |diff| of fp32 logits accepted")
+    parser.add_argument(
+        "--tolerance", type=float, default=TOLERANCE, help="max |diff| of fp32 logits accepted"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     if bool(args.nemo) == bool(args.other):

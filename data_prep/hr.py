@@ -52,16 +52,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.dataset import (
-    Coded,
-    ExampleFrame,
-    SourceRejects,
-    Text,
-    coded,
-    hash_strings,
-    input_files,
-    narrow_codes,
-)
+from data_prep.dataset import ExampleFrame, SourceRejects, input_files
+from data_prep.fast import Coded, Text, coded, hash_strings, narrow_codes
 from data_prep.table import CSV_SUFFIXES, PARQUET_SUFFIXES, InputError, Reject, read_table
 
 TASK = "hr"

@@ -113,18 +113,25 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
 
 def test_dependencies_run_one_way():
     bad = upward_imports(import_graph())
-    assert not bad, "imports against the layer order (launch -> recipes -> convert, data_prep -> compat):\n" + "\n".join(bad)
+    assert not bad, (
+        "imports against the layer order (launch -> recipes -> convert, data_prep -> compat):\n"
+        + "\n".join(bad)
+    )
 
 
 def test_no_import_cycles():
     found = cycles(import_graph())
-    assert not found, "modules that import each other in a circle:\n" + "\n".join(" <-> ".join(c) for c in found)
+    assert not found, "modules that import each other in a circle:\n" + "\n".join(
+        " <-> ".join(c) for c in found
+    )
 
 
 def test_compat_is_at_the_bottom():
     graph = import_graph()
     assert any(m.startswith("compat") for m in graph), "the compatibility package compat/ is missing"
-    assert not [d for m, deps in graph.items() if m.startswith("compat") for d in deps if not d.startswith("compat")]
+    assert not [
+        d for m, deps in graph.items() if m.startswith("compat") for d in deps if not d.startswith("compat")
+    ]
 
 
 def test_the_checker_sees_violations(tmp_path):
