@@ -832,8 +832,6 @@ def count_nemo_parameters(hf_config) -> int:
     Examples:
         python -c "from convert.gpt_oss import count_nemo_parameters as c; print(c('../shared/data/gpt-oss/configs/gpt-oss-20b'))"
     """
-    import os
-
     import torch.distributed as dist
     from megatron.core import parallel_state
     from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig
@@ -847,9 +845,8 @@ def count_nemo_parameters(hf_config) -> int:
     cpu.enable()
     created = not dist.is_initialized()
     if created:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        # An in-process store: no MASTER_ADDR/MASTER_PORT to set (and leave behind), no port to race for.
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     made_groups = not parallel_state.model_parallel_is_initialized()
     if made_groups:
         parallel_state.initialize_model_parallel(1, 1)

@@ -82,8 +82,27 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"precision.fp8_recipe={prec.fp8_recipe!r} is unknown; use one of {list(FP8_RECIPES)}"
         )
-    if cfg.trainer.max_steps < 1:
-        problems.append(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1")
+    t = cfg.trainer
+    if t.max_steps < 1:
+        problems.append(f"trainer.max_steps={t.max_steps} must be >= 1")
+    # Intervals longer than the run are shortened to it (`step_intervals`); below 1 they mean nothing.
+    for key in ("val_check_interval", "checkpoint_every_n_steps", "log_every_n_steps"):
+        if t[key] < 1:
+            problems.append(
+                f"trainer.{key}={t[key]} must be >= 1 (steps between events; e.g. trainer.{key}=1)"
+            )
+    if t.limit_val_batches < 0:
+        problems.append(f"trainer.limit_val_batches={t.limit_val_batches} must be >= 0 (0 skips validation)")
+    if t.warmup_steps < 0 or (t.max_steps >= 1 and t.warmup_steps >= t.max_steps):
+        problems.append(
+            f"trainer.warmup_steps={t.warmup_steps} must lie in 0..trainer.max_steps-1={t.max_steps - 1}, or "
+            f"the learning rate never decays; e.g. trainer.warmup_steps={max(0, t.max_steps // 10)}"
+        )
+    if t.min_lr > cfg.peft.lr:
+        problems.append(
+            f"trainer.min_lr={t.min_lr} is above the peak peft.lr={cfg.peft.lr}: the cosine schedule would "
+            f"rise; use trainer.min_lr<={cfg.peft.lr}"
+        )
     stop = cfg.trainer.stop_at_step
     if stop is not None and not 1 <= stop <= cfg.trainer.max_steps:
         problems.append(
@@ -111,12 +130,37 @@ def model_config(cfg: DictConfig, cuda: bool | None = None):
     return run.Config(GPTOSSModel, config=run.Config(GPTOSSConfig, **kwargs))
 
 
+def step_intervals(cfg: DictConfig) -> tuple[dict[str, int], str | None]:
+    """The validation and checkpoint intervals of a run of ``trainer.max_steps`` steps, and a note when shortened.
+
+    Lightning refuses a validation interval above the run's batches ("val_check_interval (10) must be less
+    than or equal to the number of the training batches (4)"): a run shorter than an interval validates and
+    checkpoints at its end instead.
+
+    Examples:
+        python -c "from recipes.finetune import compose, step_intervals; print(step_intervals(compose(['trainer.max_steps=4'])))"
+    """
+    t = cfg.trainer
+    intervals, events, clamped = {}, [], []
+    for key, event in (("val_check_interval", "validates"), ("checkpoint_every_n_steps", "checkpoints")):
+        intervals[key] = t[key]
+        if t[key] > t.max_steps >= 1:
+            intervals[key] = t.max_steps
+            events.append(event)
+            clamped.append(f"trainer.{key}={t[key]} -> {t.max_steps}")
+    note = None
+    if clamped:
+        note = f"a run of {t.max_steps} steps {' and '.join(events)} at its end: {', '.join(clamped)}"
+    return intervals, note
+
+
 def recipe_overrides(cfg: DictConfig) -> list[str]:
     """The config's deltas as NeMo-Run override strings (checked against the real signatures)."""
     t, p, d = cfg.trainer, cfg.parallel, cfg.data
+    intervals, _ = step_intervals(cfg)
     overrides = [
         f"trainer.max_steps={t.max_steps}",
-        f"trainer.val_check_interval={t.val_check_interval}",
+        f"trainer.val_check_interval={intervals['val_check_interval']}",
         f"trainer.limit_val_batches={t.limit_val_batches}",
         f"trainer.log_every_n_steps={t.log_every_n_steps}",
         f"trainer.num_nodes={cfg.cluster.num_nodes}",
@@ -129,7 +173,7 @@ def recipe_overrides(cfg: DictConfig) -> list[str]:
         f"optim.config.lr={cfg.peft.lr}",
         f"optim.lr_scheduler.warmup_steps={t.warmup_steps}",
         f"optim.lr_scheduler.min_lr={t.min_lr}",
-        f"log.ckpt.every_n_train_steps={t.checkpoint_every_n_steps}",
+        f"log.ckpt.every_n_train_steps={intervals['checkpoint_every_n_steps']}",
         # The checkpoint written when training ends must hold the optimizer state, or resuming from it fails
         # with "Different dict keys ... (param_groups vs state)" (model_checkpoint.py:618-619).
         "log.ckpt.save_optim_on_train_end=True",
@@ -478,6 +522,9 @@ def run_finetune(cfg: DictConfig) -> dict:
     from recipes.plan import PlanError, check
 
     leader = global_rank() == 0
+    _, note = step_intervals(cfg)
+    if note and leader:
+        print(f"note: {note}")
     try:
         check(cfg, out=sys.stdout if leader else io.StringIO())
     except PlanError as e:

@@ -1,24 +1,58 @@
-"""Shared fixtures: the tiny gpt-oss, built once per session, and the path to ../shared/data."""
+"""Shared fixtures (the tiny gpt-oss, built once per session, and the path to ../shared/data) and the rules
+that make every run of the suite deterministic and self-contained.
+
+- Hypothesis runs the ``deterministic`` profile on every run, on a laptop as in CI: examples derived from each
+  test's name (``derandomize``), no example database (nothing learnt by one run changes the next), no deadline
+  (a loaded host is not a failure), and a failure prints the ``@reproduce_failure`` blob that replays it.
+  To hunt for new failures instead, pick the random profile for one run::
+
+      HYPOTHESIS_PROFILE=explore .venv/bin/python -m pytest -q tests/data_prep
+
+- Every test gets ``os.environ`` back as it found it (`restore_environ`): in-process NeMo runs set
+  ``MASTER_PORT``, ``RANK`` and friends, which would otherwise steer the next test's rendezvous.
+- ``slow`` tests get `SLOW_TIMEOUT_S` instead of the default per-test timeout of pyproject.toml.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 REAL_TOKENIZER = SHARED_DATA / "gpt-oss" / "tokenizer"
+# pytest-timeout's limit for `slow` tests (the default one is pyproject.toml's `timeout`): above the sum of their
+# own subprocess timeouts (the two-node test: a reference run and two launches of <= 900 s each = 2,700 s), so
+# those fire first with the logs; that test took 778 s on 2 cores under a load average of 12-22.
+SLOW_TIMEOUT_S = 3600
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
-        if "gpu" in item.keywords:
+        if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)
+        # A test's own @pytest.mark.timeout wins: it is closer to the test than this one.
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.fixture(autouse=True)
+def restore_environ():
+    """Give each test the environment the one before it started with, whatever the test or NeMo set."""
+    saved = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -21,16 +21,14 @@ def nemorun_home(tmp_path, monkeypatch):
     for var, name in (("GPT_OSS_20B", "gpt-oss-20b"), ("GPT_OSS_120B", "gpt-oss-120b")):
         monkeypatch.setenv(var, str(CONFIGS / name))
     # The pair executor sets the rendezvous variables in this process's environment for NeMo-Run's torchrun
-    # component; they must not leak into later tests (a stray NODE_RANK=1 makes a one-process run rank 1).
-    saved = {var: os.environ.pop(var, None) for var in LAUNCH_VARS}
+    # component. tests/conftest.py's restore_environ undoes that after each test; this also starts each launch
+    # test without the ones the shell running pytest may have (a stray NODE_RANK=1 makes a run rank 1).
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
     # NeMo-Run's LocalTunnel runs shell commands through invoke, which forwards stdin; pytest's is closed.
     with open(os.devnull) as devnull:
         monkeypatch.setattr(sys, "stdin", devnull)
         yield tmp_path / "nemo_run"
-    for var, value in saved.items():
-        os.environ.pop(var, None)
-        if value is not None:
-            os.environ[var] = value
 
 
 @pytest.fixture

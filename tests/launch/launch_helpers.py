@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -30,21 +32,65 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in DIST_VARS}, **extra}
 
 
+# What torch's TCPStore says when the rendezvous port was taken after `free_port` checked it.
+ADDRESS_IN_USE = re.compile(r"EADDRINUSE|address already in use", re.IGNORECASE)
+
+
+def _ephemeral_start() -> int:
+    """The first port of the range the kernel hands out by itself (bind to port 0, outgoing connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to now, chosen below the kernel's ephemeral range.
 
-
-def run_two_nodes(command: Callable[[int], list[str]], log_dir: Path, timeout: float) -> list[str]:
-    """Start ``command(0)`` and ``command(1)`` at once, as the two machines would, and wait for both.
-
-    Each writes to ``log_dir/node<rank>.log``; a hung rendezvous or save is killed with its process
-    group when the wait ends. Raises AssertionError (with the tail of rank 0's log) unless both exit 0.
-
-    Returns:
-        The two logs.
+    A port from ``bind(0)`` lies in the ephemeral range, which the kernel keeps handing out (to every outgoing
+    connection, and to torch's and NeMo's own ``bind(0)``) between this check and the rendezvous' bind; a
+    random port below that range is only taken by a process that names it. For the rare clash that remains,
+    `run_two_nodes_on_a_free_port` starts again on another port.
     """
+    top = _ephemeral_start()
+    low = 20000 if top > 21000 else None  # a range starting low (1024) leaves nothing below it: use bind(0)
+    for _ in range(100):
+        port = random.SystemRandom().randrange(low, top) if low else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free TCP port on 127.0.0.1 after 100 tries")
+
+
+def run_two_nodes_on_a_free_port(
+    command: Callable[[int, int], list[str]], log_dir: Path, timeout: float, attempts: int = 3
+) -> list[str]:
+    """Start ``command(rank, port)`` for both ranks at once on a `free_port`; when the rendezvous finds it taken
+    (EADDRINUSE in a log), both nodes start again on another one, up to ``attempts`` times in all.
+
+    Examples:
+        run_two_nodes_on_a_free_port(lambda rank, port: [torchrun, f"--node_rank={rank}",
+            f"--master_port={port}", ...], tmp_path / "logs", timeout=180)
+    """
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        codes, texts = _start_two_nodes(lambda rank, port=port: command(rank, port), log_dir, timeout)
+        if codes == [0, 0] or attempt == attempts or not any(ADDRESS_IN_USE.search(t) for t in texts):
+            break
+    assert codes == [0, 0], (
+        f"exit codes {codes} on port {port} (attempt {attempt}); node 0:\n{texts[0][-4000:]}\n"
+        f"node 1:\n{texts[1][-2000:]}"
+    )
+    return texts
+
+
+def _start_two_nodes(
+    command: Callable[[int], list[str]], log_dir: Path, timeout: float
+) -> tuple[list[int], list[str]]:
+    """Both processes at once; their exit codes and logs (subprocess.TimeoutExpired once ``timeout`` is out)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = [log_dir / f"node{rank}.log" for rank in (0, 1)]
     procs = []
@@ -66,6 +112,4 @@ def run_two_nodes(command: Callable[[int], list[str]], log_dir: Path, timeout: f
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-    texts = [log.read_text() for log in logs]
-    assert codes == [0, 0], f"exit codes {codes}; node 0:\n{texts[0][-4000:]}\nnode 1:\n{texts[1][-2000:]}"
-    return texts
+    return codes, [log.read_text() for log in logs]

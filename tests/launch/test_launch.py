@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch_helpers import REPO, free_port, run_two_nodes
+from launch_helpers import REPO, run_two_nodes_on_a_free_port
 
 from launch.__main__ import dry_run
 from launch.executors import environment, problems
@@ -151,10 +151,9 @@ def test_bus_bandwidth_follows_nccl_tests():
 
 
 def test_preflight_all_reduce_across_two_torchrun_nodes(tmp_path):
-    port = free_port()
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    outs = run_two_nodes(
-        lambda rank: [
+    outs = run_two_nodes_on_a_free_port(
+        lambda rank, port: [
             torchrun,
             "--nnodes=2",
             f"--node_rank={rank}",
@@ -186,20 +185,22 @@ def test_preflight_all_reduce_across_two_torchrun_nodes(tmp_path):
 
 def test_preflight_through_the_launcher_on_two_simulated_nodes(tmp_path):
     """Both `python -m launch --preflight --node-rank 0|1` meet on 127.0.0.1 through NeMo-Run's torchrun."""
-    port = free_port()
     common = [
         sys.executable,
         "-m",
         "launch",
         "cluster=spark_pair",
         "cluster.master_addr=127.0.0.1",
-        f"cluster.master_port={port}",
         "cluster.nccl.socket_ifname=lo",
         "--preflight",
         "--preflight-args",
         f"--backend gloo --size-mb 2 --iters 3 --timeout-s 60 --json {tmp_path / 'pf.json'}",
     ]
-    run_two_nodes(lambda rank: [*common, "--node-rank", str(rank)], tmp_path / "logs", timeout=300)
+    run_two_nodes_on_a_free_port(
+        lambda rank, port: [*common, f"cluster.master_port={port}", "--node-rank", str(rank)],
+        tmp_path / "logs",
+        timeout=300,
+    )
     result = json.loads((tmp_path / "pf.json").read_text())
     assert (result["world_size"], result["correct"]) == (2, True)
     # The workers saw the pair's environment: both RDMA devices and the interface given on the command line.

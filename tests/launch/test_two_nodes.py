@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch_helpers import REPO, clean_env, free_port, run_two_nodes
+from launch_helpers import REPO, clean_env, run_two_nodes_on_a_free_port
 
 STEPS = 6
 COMMON = [
@@ -26,20 +26,22 @@ def _summary(run_dir: Path) -> dict:
 
 def _two_nodes(overrides: list[str], log_dir: Path) -> None:
     """Both launchers at once, as the two Sparks would run them."""
-    port = free_port()
     launch = [
         sys.executable,
         "-m",
         "launch",
         "cluster=spark_pair",
         "cluster.master_addr=127.0.0.1",
-        f"cluster.master_port={port}",
         "cluster.nccl.socket_ifname=lo",
         "parallel.expert_model_parallel_size=2",
         *COMMON,
         *overrides,
     ]
-    run_two_nodes(lambda rank: [*launch, "--node-rank", str(rank)], log_dir, timeout=900)
+    run_two_nodes_on_a_free_port(
+        lambda rank, port: [*launch, f"cluster.master_port={port}", "--node-rank", str(rank)],
+        log_dir,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")

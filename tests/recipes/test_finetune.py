@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.finetune import ConfigError, build, compose, run_finetune, validate
+from recipes.finetune import ConfigError, build, compose, run_finetune, step_intervals, validate
 
 STEPS = 12
 
@@ -188,3 +188,73 @@ def test_every_parallel_layout_validates_and_builds_for_20b_on_eight_gpus(parall
         p.expert_model_parallel_size,
     )
     assert strategy.sequence_parallel == p.sequence_parallel
+
+
+def test_a_run_shorter_than_its_intervals_validates_and_checkpoints_at_its_end(tiny_hf):
+    cfg = compose([f"model.hf_path={tiny_hf}", "trainer.max_steps=4"])
+    assert (cfg.trainer.val_check_interval, cfg.trainer.checkpoint_every_n_steps) == (
+        10,
+        30,
+    )  # conf/trainer/smoke
+    validate(cfg)  # derivable: not a problem
+    intervals, note = step_intervals(cfg)
+    assert intervals == {"val_check_interval": 4, "checkpoint_every_n_steps": 4}
+    assert note == (
+        "a run of 4 steps validates and checkpoints at its end: "
+        "trainer.val_check_interval=10 -> 4, trainer.checkpoint_every_n_steps=30 -> 4"
+    )
+    recipe = build(cfg, cuda=False)
+    assert (recipe.trainer.max_steps, recipe.trainer.val_check_interval) == (4, 4)
+    assert recipe.log.ckpt.every_n_train_steps == 4
+
+
+def test_intervals_that_fit_the_run_are_kept(tiny_hf):
+    cfg = compose([f"model.hf_path={tiny_hf}", "trainer.max_steps=30", "trainer.val_check_interval=7"])
+    assert step_intervals(cfg) == ({"val_check_interval": 7, "checkpoint_every_n_steps": 30}, None)
+    # Only what is longer than the run is shortened, and the note names only that.
+    short = compose(["trainer.max_steps=8", "trainer.checkpoint_every_n_steps=4"])
+    assert step_intervals(short) == (
+        {"val_check_interval": 8, "checkpoint_every_n_steps": 4},
+        "a run of 8 steps validates at its end: trainer.val_check_interval=10 -> 8",
+    )
+    recipe = build(cfg, cuda=False)
+    assert (recipe.trainer.val_check_interval, recipe.log.ckpt.every_n_train_steps) == (7, 30)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (
+            ["trainer.max_steps=30", "trainer.warmup_steps=30"],
+            "trainer.warmup_steps=30 must lie in 0..trainer.max_steps-1=29, or the learning rate never decays; "
+            "e.g. trainer.warmup_steps=3",
+        ),
+        (["trainer.warmup_steps=-1"], "trainer.warmup_steps=-1 must lie in 0..trainer.max_steps-1=29"),
+        (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be >= 1"),
+        (["trainer.checkpoint_every_n_steps=-5"], "trainer.checkpoint_every_n_steps=-5 must be >= 1"),
+        (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be >= 1"),
+        (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches=-1 must be >= 0"),
+        (["peft.lr=1e-4", "trainer.min_lr=1e-3"], "trainer.min_lr=0.001 is above the peak peft.lr=0.0001"),
+    ],
+)
+def test_validate_names_the_step_setting_that_fixes_it(overrides, needle, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate(compose([f"work_dir={tmp_path}", *overrides]))
+
+
+def test_four_steps_train_end_to_end(tmp_path, tiny_hf, tiny_nemo, capsys):
+    """`python -m recipes.finetune trainer.max_steps=4` used to stop inside Lightning: "val_check_interval (10)
+    must be less than or equal to the number of the training batches (4)"."""
+    cfg = compose(
+        [
+            f"work_dir={tmp_path}",
+            f"model.hf_path={tiny_hf}",
+            f"model.nemo_path={tiny_nemo}",
+            "trainer.max_steps=4",
+            "export.enabled=false",
+        ]
+    )
+    summary = run_finetune(cfg)
+    assert "note: a run of 4 steps validates and checkpoints at its end" in capsys.readouterr().out
+    assert len(summary["losses"]) == 4
+    assert "step=3" in Path(summary["checkpoint"]).name

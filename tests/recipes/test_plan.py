@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,6 +45,59 @@ def real_models(monkeypatch):
     """The presets' model paths point at the real configs (the planner reads nothing else)."""
     monkeypatch.setenv("GPT_OSS_20B", str(_real("gpt-oss-20b")))
     monkeypatch.setenv("GPT_OSS_120B", str(_real("gpt-oss-120b")))
+
+
+def by_hand(name: str) -> SimpleNamespace:
+    """A real gpt-oss's sizes and parameters per part, written out from its config.json (not the planner's code).
+
+    Per layer: q, k, v and o projections (h x (q + 2kv) and q x h) with biases (q + 2kv and h) and one sink per
+    head; per expert SwiGLU gate_up h x 2i and down i x h with biases 2i and h; the router E x h + E; two norms.
+    Outside: the embedding and the (untied) output layer, V x h each, and the final norm.
+    """
+    folder = _real(name)
+    hf = folder / "config.json"
+    c = json.loads((hf if hf.exists() else folder / "original_config.json").read_text())
+    h, i, heads, d = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["head_dim"]
+    E = c.get("num_local_experts", c.get("num_experts"))
+    m = SimpleNamespace(
+        L=c["num_hidden_layers"],
+        h=h,
+        i=i,
+        heads=heads,
+        q=heads * d,
+        kv=c["num_key_value_heads"] * d,
+        E=E,
+        k=c.get("num_experts_per_tok", c.get("experts_per_token")),
+        V=c["vocab_size"],
+    )
+    m.attention = h * (m.q + 2 * m.kv) + m.q * h
+    m.attention_small = (m.q + 2 * m.kv) + h + heads
+    m.experts = E * (h * 2 * i + i * h)
+    m.expert_biases = E * (2 * i + h)
+    m.router_norms = E * h + E + 2 * h
+    m.outer = 2 * m.V * h + h
+    m.total = m.L * (m.attention + m.attention_small + m.experts + m.expert_biases + m.router_norms) + m.outer
+    return m
+
+
+def per_device(m: SimpleNamespace, ep: int) -> int:
+    """Parameters on one device at expert parallel ``ep`` (TP = PP = 1): the experts split, the rest whole."""
+    return (
+        m.L * (m.attention + m.attention_small + m.router_norms + (m.experts + m.expert_biases) // ep)
+        + m.outer
+    )
+
+
+def activation_bytes(m: SimpleNamespace, tokens: int, a: int) -> int:
+    """Activations kept for backward with ``a``-byte elements (no recompute, PP 1): per token and layer the two
+    norm inputs 2h, attention h + (q + 2kv) + q, router input h, per routed expert 2h + 3i, and fp32 softmax
+    statistics per head plus router logits and probabilities; then the logits and their fp32 softmax."""
+    per_token_layer = a * (2 * m.h + (m.h + m.q + 2 * m.kv + m.q) + m.h + m.k * (2 * m.h + 3 * m.i))
+    per_token_layer += 4 * (m.heads + 2 * m.E)
+    return m.L * tokens * per_token_layer + tokens * m.V * (a + 4)
+
+
+SPARK_RESERVE = 3 * GB  # the spark profile's assumed CUDA context, NCCL buffers and workspace
 
 
 def tiny_plan(tmp_path, *overrides: str) -> Plan:
@@ -131,29 +186,47 @@ def test_expert_parallel_that_does_not_divide_the_experts_is_refused(tmp_path):
 
 def test_120b_lora_on_two_sparks_needs_fp8_base_weights(real_models):
     base = ["experiment=spark_pair_120b_lora_fp8"]
+    m = by_hand("gpt-oss-120b")
     bf16 = plan_from_cfg(compose([*base, "precision=bf16", "plan.load=whole"]))
     est = estimate(bf16)
-    # 59.5B parameters per node at EP=2 -> ~119 GB in BF16 before anything else, of ~121 GB.
-    assert est.params_per_device == pytest.approx(59.5e9, rel=0.01)
-    assert est.weights == pytest.approx(119e9, rel=0.01)
+    # EP=2: each node holds half of the 128 experts and all the rest: 59.5B parameters -> 119 GB in BF16
+    # before anything else, of ~121 GB.
+    params = per_device(m, ep=2)
+    assert est.params_per_device == params
+    assert est.weights == params * 2
+    # LoRA dim 16 on linear_qkv (h -> q + 2kv) and linear_proj (q -> h) of 36 layers, each parameter a BF16
+    # weight, an fp32 gradient and Adam's fp32 master, m and v (12 B) sharded over the 2 data-parallel ranks.
+    lora = m.L * 16 * ((m.h + m.q + 2 * m.kv) + (m.q + m.h))
+    lora_bytes = lora * (2 + 4 + 12 / 2)
+    act = activation_bytes(m, tokens=1 * 2048, a=2)  # mbs 1 x seq 2048
+    needed = params * 2 + lora_bytes + act + SPARK_RESERVE  # 136.2 GB
     with pytest.raises(PlanError) as refused:
         check(compose([*base, "precision=bf16", "plan.load=whole"]), out=sys.stderr)
     text = str(refused.value)
-    assert "training needs 136." in text and "spark has 121.0 GB" in text
+    assert f"training needs {needed / GB:.1f} GB per node (unified memory)" in text
+    assert "spark has 121.0 GB" in text
     assert "nearest feasible plan: plan.load=layerwise precision=fp8_base" in text
 
     fp8 = plan_from_cfg(compose(base))
     assert (fp8.base_weights, fp8.ep, fp8.load) == ("fp8", 2, "layerwise")
     assert not problems(fp8)
-    # 55.0B matrices in FP8 (all but the first and last layer) + 4.4B parameters in BF16 + activations + reserve
-    assert estimate(fp8).weights == pytest.approx(55.048e9 + 2 * 4.430e9, rel=0.001)
-    assert estimate(fp8).device_total == pytest.approx(81.1e9, rel=0.01)
+    # The attention and expert matrices of 34 of the 36 layers in FP8, 1 B each (the first and last layer stay
+    # BF16): 55.0B; the other 4.4B parameters in BF16. Then the same LoRA, activations and reserve: 81.1 GB.
+    fp8_matrices = m.L * (m.attention + m.experts // 2) * (m.L - 2) / m.L
+    weights = fp8_matrices * 1 + (params - fp8_matrices) * 2
+    assert estimate(fp8).weights == pytest.approx(weights, rel=1e-12)
+    assert estimate(fp8).device_total == pytest.approx(weights + lora_bytes + act + SPARK_RESERVE, rel=1e-12)
 
 
 def test_fp8_needs_a_layerwise_load_on_unified_memory(real_models):
+    m = by_hand("gpt-oss-120b")
     plan = plan_from_cfg(compose(["experiment=spark_pair_120b_lora_fp8", "plan.load=whole"]))
     (message,) = problems(plan)
-    assert message.startswith("loading needs 182.9") and "plan.load=whole" in message
+    # Unified memory: the node's whole BF16 shard staged (2 B/param) beside the FP8 weights already placed.
+    params = per_device(m, ep=2)
+    fp8_matrices = m.L * (m.attention + m.experts // 2) * (m.L - 2) / m.L
+    staged = params * 2 + fp8_matrices * 1 + (params - fp8_matrices) * 2  # 182.9 GB
+    assert message.startswith(f"loading needs {staged / GB:.1f} GB") and "plan.load=whole" in message
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -164,16 +237,31 @@ def test_every_preset_plans(preset, real_models, capsys):
 
 
 def test_full_sft_of_20b_with_ep2_on_the_pair_is_refused(real_models, capsys):
+    m = by_hand("gpt-oss-20b")
     with pytest.raises(PlanError) as refused:
         check(compose(["experiment=spark_pair_20b_lora_experts_ep2", "peft=none"]))
     text = str(refused.value)
-    assert "training needs 206.8 GB per node (unified memory); spark has 121.0 GB" in text
+    # 2 nodes x 1 GPU at EP=2: data parallel 2 for the dense parameters, but each expert lives on one node only
+    # (expert DP 1), so its Adam states (fp32 master, m, v: 12 B) cannot be sharded.
+    params = per_device(m, ep=2)  # 11.36B, all trainable
+    experts = m.L * (m.experts + m.expert_biases) // 2
+    optimizer = (params - experts) * 12 / 2 + experts * 12 / 1  # 125.489 GB
+    # BF16 weights 2 B + fp32 gradients 4 B per parameter, the optimizer, activations, the reserve: 206.8 GB.
+    needed = params * (2 + 4) + optimizer + activation_bytes(m, tokens=1 * 2048, a=2) + SPARK_RESERVE
+    assert f"training needs {needed / GB:.1f} GB per node (unified memory); spark has 121.0 GB" in text
+    est = estimate(plan_from_cfg(compose(["experiment=spark_pair_20b_lora_experts_ep2", "peft=none"])))
+    assert (est.optimizer, est.device_total) == (
+        pytest.approx(optimizer, rel=1e-12),
+        pytest.approx(needed, rel=1e-12),
+    )
     assert "nearest feasible plan: peft=lora" in text
     out = capsys.readouterr().out
-    assert re.search(r"optimizer\s+125\.489\s+Adam 12 B/param, sharded over DP 2 / expert DP 1", out), out
+    row = rf"optimizer\s+{re.escape(f'{optimizer / GB:.3f}')}\s+Adam 12 B/param, sharded over DP 2 / expert DP 1"
+    assert re.search(row, out), out
 
 
 def test_cli_refuses_with_the_numbers_and_a_fix(real_models):
+    total = by_hand("gpt-oss-120b").total  # 116.829B
     result = subprocess.run(
         [
             sys.executable,
@@ -188,5 +276,5 @@ def test_cli_refuses_with_the_numbers_and_a_fix(real_models):
         timeout=300,
     )
     assert result.returncode == 1
-    assert "memory plan: 116.829B-param gpt-oss, lora | 2 node(s) x 1 spark" in result.stdout
+    assert f"memory plan: {total / 1e9:.3f}B-param gpt-oss, lora | 2 node(s) x 1 spark" in result.stdout
     assert "nearest feasible plan: precision=fp8_base" in result.stderr
