@@ -49,13 +49,13 @@ export-peft:  ## the latest LoRA run's attention adapters as a Hugging Face PEFT
 	test -n "$$ckpt" || { echo "no LoRA checkpoint under $(WORK)/runs: run make finetune first"; exit 1; }; \
 	$(PY) -m convert.export_peft --lora "$$ckpt" --out "$$(dirname "$$(dirname "$$ckpt")")/hf_peft" --base $(BASE) --overwrite $(ARGS)
 
-data:  ## chat JSONL from one source (SOURCE=hr_generic INPUT=path ARGS="answer_format=json")
+data:  ## chat JSONL from one source (SOURCE=hr_generic INPUT=path ARGS="answer_format=json overwrite=true"; salt: $$DATA_PREP_SALT)
 	$(PY) -m data_prep data_prep=$(SOURCE) input=$(INPUT) $(ARGS)
 
-data-real:  ## the shipped real sources in ../shared/data -> work/data/<source>/
-	$(PY) -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv $(ARGS)
-	$(PY) -m data_prep data_prep=hr_hrdataset_v14 input=../shared/data/hr/HRDataset_v14.csv $(ARGS)
-	$(PY) -m data_prep data_prep=tickets input=../shared/data/tickets $(ARGS)
+data-real:  ## the shipped real sources in ../shared/data -> work/data/<source>/ (replaced; salt: $$DATA_PREP_SALT, else random)
+	$(PY) -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv overwrite=true $(ARGS)
+	$(PY) -m data_prep data_prep=hr_hrdataset_v14 input=../shared/data/hr/HRDataset_v14.csv overwrite=true $(ARGS)
+	$(PY) -m data_prep data_prep=tickets input=../shared/data/tickets overwrite=true $(ARGS)
 
 baselines:  ## classical baselines on prepared data, scored by the evaluator (DATA=work/data/<name>)
 	$(PY) -m recipes.baselines data_dir=$(DATA) out_dir=$(WORK)/baselines/$$(basename $(DATA)) $(ARGS)

@@ -81,6 +81,7 @@ def convert(csv_path: str, out_dir: str, answer_format: str, repo: Path = REPO) 
 
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    os.environ["DATA_PREP_SALT"] = "bench"  # the salt from the environment, as older checkouts read it too
     with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
         cfg = compose(
             "data_prep",
@@ -89,7 +90,6 @@ def convert(csv_path: str, out_dir: str, answer_format: str, repo: Path = REPO) 
                 f"input={csv_path}",
                 f"out_dir={out_dir}",
                 f"answer_format={answer_format}",
-                "pii.salt=bench",
                 "progress=false",
             ],
         )

@@ -63,6 +63,7 @@ def hr_example_frame(csv_path: Path, out_dir: Path):
     from data_prep import hr
     from data_prep.dataset import SPLITS, drop_duplicates, split_codes
 
+    os.environ["DATA_PREP_SALT"] = "bench"  # the salt from the environment, as older checkouts read it too
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             "data_prep",
@@ -70,7 +71,6 @@ def hr_example_frame(csv_path: Path, out_dir: Path):
                 "data_prep=hr_generic",
                 f"input={csv_path}",
                 f"out_dir={out_dir}",
-                "pii.salt=bench",
                 "progress=false",
             ],
         )

@@ -1,36 +1,11 @@
 """Answer formats: how each task's assistant answer is written, and how a model's answer is read back.
 
-The task-specific part of each format lives in the task's module (`data_prep.tasks`); this module holds the
+Two formats per task, chosen by ``answer_format`` in ``conf/data_prep.yaml``: ``prose`` and ``json``.
+`parse_answer` reads both and returns the same normalised dict (the keys of the JSON form), so an evaluator
+never needs to know which format a model was trained on. Each task's module (`data_prep.tasks`: ``hr``,
+``tickets``, ``rubric``, ``builtin``, or a plugin) owns its format and documents it; this module holds the
 generic functions every caller uses (`render_answer`, `parse_answer`, `normalise_answer`), which dispatch
-through the task registry, and the helpers the task modules share. Two formats per task, chosen by ``answer_format`` in ``conf/data_prep.yaml``; `parse_answer` reads both
-and returns the same normalised dict (the keys of the JSON form), so an evaluator never needs to know
-which format a model was trained on.
-
-HR (``task="hr"``)::
-
-    prose: 1. Expected Tenure: 3.1 years
-              Reasoning: ...
-
-           2. Time to Next Promotion: 1.5 years        (or "not expected")
-              Reasoning: ...
-
-           3. Attrition Risk: Low (15%)
-              Reasoning: ...
-    json:  {"tenure_years": 3.1, "time_to_promotion_years": 1.5, "attrition_risk": "low",
-            "attrition_probability": 0.15, "reasons": {"tenure": "...", "promotion": "...", "attrition": "..."}}
-
-``"not expected"`` (JSON ``null``) means no promotion was recorded: either the source has no promotion
-dates, or the employee left or reached the as-of date without one. Tenure has one decimal, the
-probability two (a whole percent in prose).
-
-Tickets (``task="tickets"``): prose ``Queue: Technical Support\\nPriority: high``; JSON
-``{"queue": "Technical Support", "priority": "high"}``. Priority is omitted (``null``) when unknown.
-
-Rubric (``task="rubric"``): prose ``Score: 7/10\\nFeedback: ...``; JSON
-``{"score": 7, "max_score": 10, "feedback": "..."}``.
-
-Built-in (``task="builtin"``, the embedded default's generated task): prose ``Attrition risk: High``; JSON
-``{"attrition_risk": "high"}``; the risk is ``high`` or ``low``.
+through the task registry, and the helpers the task modules share.
 
 Examples:
     python -c "from data_prep.answers import parse_answer; print(parse_answer('tickets', 'Queue: Billing and Payments\\nPriority: low'))"

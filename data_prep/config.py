@@ -11,7 +11,11 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -29,8 +33,11 @@ class SplitConfig:
 
 @dataclass
 class PiiConfig:
-    mode: str = "hash"  # hash: salted sha256 of ids; drop: ids replaced by source name and line
-    salt: str = ""  # "" draws a random salt per run (ids then differ between runs)
+    mode: str = "hash"  # hash: ids become keyed hashes; drop: ids replaced by source name and line
+    # The salt itself never sits in the config (Hydra would write it to disk): it comes from the environment
+    # (SALT_ENV) or from this file; neither given draws a random salt per run (ids then differ between runs).
+    salt_file: str = ""
+    salt: str = ""  # refused when set: only here to name the fix (see `pii_salt`)
 
 
 @dataclass
@@ -46,7 +53,9 @@ class SourceConfig:
     true_values: list[str] = field(default_factory=lambda: ["yes", "y", "true", "1", "left", "terminated"])
     false_values: list[str] = field(default_factory=lambda: ["no", "n", "false", "0", "stayed", "active"])
     pii_columns: list[str] = field(default_factory=list)
-    date_formats: list[str] = field(default_factory=lambda: ["%Y-%m-%d", "%m/%d/%Y", "%m/%d/%y"])
+    # {column or field: strptime format}; a date column not named here has its order read from its values.
+    date_formats: dict[str, str] = field(default_factory=dict)
+    tenure_unit: str = "years"  # unit of actual_tenure: years, months or days
     as_of: str = ""
     max_tenure_years: float = 60.0
     cohort: list[str] = field(default_factory=lambda: ["department", "title"])
@@ -63,19 +72,94 @@ class DataPrepConfig:
     input: str = MISSING
     work_dir: str = "work"
     out_dir: str = MISSING
+    overwrite: bool = False  # true: an existing out_dir is replaced (only at the end, by a rename)
     answer_format: str = "prose"
     seed: int = 0
     splits: SplitConfig = field(default_factory=SplitConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
     progress: bool = True
     max_field_chars: int = 100_000
-    task_modules: list[str] = field(
-        default_factory=list
-    )  # plugin modules registering tasks (data_prep.tasks)
+    # How CSV inputs are read (data_prep.table.read_table); what was used is reported per input file.
+    delimiter: str = "auto"  # auto: detected among , ; tab | (.tsv: tab); or one character, or tab
+    encoding: str = "auto"  # auto: UTF-8 (with or without BOM), else cp1252; or utf-8, cp1252, latin-1, ...
+    sheet: str = ""  # the .xlsx sheet to read; "" for the first
+    # Plugin modules that register tasks (data_prep.tasks), e.g. [my_tasks.toy]; the shipped tasks always load.
+    task_modules: list[str] = field(default_factory=list)
 
 
 class ConfigError(ValueError):
     """A data-prep configuration that cannot run; the message lists every problem and its fix."""
+
+
+SALT_ENV = "DATA_PREP_SALT"  # the environment variable that holds the PII salt
+SALT_FIX = (
+    f"pass the salt in the environment ({SALT_ENV}=$(cat <salt file>) python -m data_prep ...) or as a file "
+    "(pii.salt_file=<path>), never in the config or on the command line, where Hydra's config dumps and shell "
+    "histories keep it"
+)
+# The fingerprint is a keyed hash of this constant: equal fingerprints mean equal salts, and the fingerprint
+# reveals nothing about the salt beyond that (HMAC-SHA256, truncated to 64 bits).
+_FINGERPRINT_MESSAGE = b"gpt-oss data_prep salt fingerprint v1"
+
+
+def pii_salt(cfg) -> str:
+    """The PII salt from the environment (`SALT_ENV`) or ``pii.salt_file``; "" when neither is given.
+
+    A salt file holds the salt on its first line (surrounding whitespace ignored). The salt is read here and
+    kept out of the config, so no config dump, log or manifest can hold it.
+
+    Raises:
+        ConfigError: The salt is in the config, both sources are given, or the salt file is unreadable or empty.
+
+    Examples:
+        DATA_PREP_SALT=$(cat ~/.salt) python -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv
+        python -m data_prep data_prep=rubric input=submissions/ pii.salt_file=$HOME/.config/gpt-oss/salt
+    """
+    if cfg.pii.get("salt"):
+        raise ConfigError(f"pii.salt is set in the config: {SALT_FIX}")
+    from_env = os.environ.get(SALT_ENV, "")
+    path = cfg.pii.get("salt_file") or ""
+    if from_env and path:
+        raise ConfigError(f"the salt is given twice ({SALT_ENV} and pii.salt_file={path}); unset one of them")
+    if not path:
+        return from_env
+    try:
+        salt = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"pii.salt_file={path} cannot be read ({type(e).__name__}); give a UTF-8 text file that holds the salt"
+        ) from None
+    if not salt:
+        raise ConfigError(
+            f"pii.salt_file={path} is empty; write the salt into it (e.g. openssl rand -hex 32 > {path})"
+        )
+    return salt
+
+
+def salt_fingerprint(salt: str) -> str:
+    """16 hex digits that are equal for equal salts and reveal nothing else (HMAC-SHA256 of a constant).
+
+    Examples:
+        python -c "from data_prep.config import salt_fingerprint; print(salt_fingerprint('s3cret'))"
+    """
+    return hmac.new(salt.encode(), _FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()[:16]
+
+
+def salt_argv_problem(argv: list[str]) -> str | None:
+    """The refusal for a salt on the command line (checked before Hydra writes anything), or None.
+
+    The message names the fix and never repeats the value.
+
+    Examples:
+        python -c "from data_prep.config import salt_argv_problem; print(salt_argv_problem(['pii.salt=x']))"
+    """
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        # pii.salt=..., +pii.salt=..., or the whole node: pii={mode:hash,salt:...}
+        if key == "pii.salt" or (key == "pii" and "salt:" in value.replace(" ", "")):
+            return f"error: a salt on the command line ({key}=...) is refused: {SALT_FIX}"
+    return None
 
 
 def validate(cfg) -> None:
@@ -107,6 +191,10 @@ def validate(cfg) -> None:
         )
     if cfg.pii.mode not in ("hash", "drop"):
         problems.append(f"pii.mode={cfg.pii.mode!r}; use hash or drop")
+    try:
+        pii_salt(cfg)
+    except ConfigError as e:
+        problems.append(str(e))
     if cfg.max_field_chars < 1:
         problems.append(f"max_field_chars={cfg.max_field_chars}; use a positive number of characters")
     if not str(src.system_prompt).strip():

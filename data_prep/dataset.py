@@ -44,6 +44,8 @@ class SourceRejects:
 
     source: str
     rejects: list[Reject] = field(default_factory=list)
+    # How the file was read (`data_prep.table.Table.reading`: format, delimiter, encoding, sheet); in the manifest.
+    reading: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -57,12 +59,19 @@ class ExampleFrame:
         meta: Meta columns in output key order.
         text: Prompts or answers a source built as JSON string literals (`Text`, quotes included),
             under ``user`` / ``assistant``; they take the place of those frame columns.
+        input_strata: Stratum (label) counts of every input record, those rejected included ("unknown"
+            where unreadable), when the source counts them; the manifest then checks that the input's
+            counts equal the rejects' plus the written ones. The frame may then hold an ``entity``
+            column: the key duplicates are found under (`drop_duplicates`).
+        rejected_strata: Stratum counts of the records rejected so far.
     """
 
     frame: pd.DataFrame
     label: dict[str, pd.Series]
     meta: dict[str, pd.Series]
     text: dict[str, Text] = field(default_factory=dict)
+    input_strata: dict[str, int] | None = None
+    rejected_strata: dict[str, int] = field(default_factory=dict)
 
     def set_column(self, name: str, values) -> None:
         """Add a column: a `Text` of JSON string literals, or per-row values for ``frame``."""
@@ -73,7 +82,14 @@ class ExampleFrame:
 
 
 def drop_duplicates(ex: ExampleFrame) -> tuple[ExampleFrame, list[tuple[str, Reject]]]:
-    """Remove exact duplicates (same prompt and same label), keeping the first occurrence.
+    """Remove duplicate records; reject every record of an entity whose records conflict.
+
+    With an ``entity`` column (an employee id, or a key equal only for records equal in every source
+    column), a record is a duplicate only of an earlier one of the same entity with the same prompt and
+    label; distinct entities with identical examples are separate observations and all kept. An entity
+    whose records differ is ambiguous: all its records are rejected, each naming another. Which records
+    are written does not depend on the order of the rows. Without an ``entity`` column (tickets, rubric),
+    exact duplicates (same prompt and same label) are removed, keeping the first occurrence.
 
     Returns:
         The remaining examples and a ``(source, Reject)`` per removed one, naming the kept line.
@@ -84,34 +100,58 @@ def drop_duplicates(ex: ExampleFrame) -> tuple[ExampleFrame, list[tuple[str, Rej
     f = ex.frame
     if len(f) == 0:
         return ex, []
-    user = string_literals(ex, "user").row_keys()
-    # Only rows whose prompt repeats can be duplicates; labels are compared for those alone.
-    cand = np.flatnonzero(np.bincount(user)[user] > 1)
+    if "entity" in f.columns:
+        key = pa.array(f["entity"]).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        cand = np.flatnonzero(np.bincount(key)[key] > 1)
+    else:
+        key = string_literals(ex, "user").row_keys()
+        # Only rows whose prompt repeats can be duplicates; labels are compared for those alone.
+        cand = np.flatnonzero(np.bincount(key)[key] > 1)
     if len(cand) == 0:
         return ex, []
-    label = Text(json_parts(ex.label)).take(cand).row_keys()
-    codes, _ = pd.factorize(user[cand].astype(np.int64) * (int(label.max()) + 1) + label)
-    first_of_code = first_rows(codes)
-    first_local = first_of_code[codes]
-    later = first_local != np.arange(len(cand))
-    dup_rows, kept_rows = cand[later], cand[first_local[later]]
-    source, line = f["source"], f["line"]
-    rejects = [
-        (
-            src,
-            Reject(int(ln), f"exact duplicate of {first_src} line {int(first_ln)} (same profile and label)"),
-        )
-        for src, ln, first_src, first_ln in zip(
-            source.iloc[dup_rows].tolist(),
-            line.iloc[dup_rows].tolist(),
-            source.iloc[kept_rows].tolist(),
-            line.iloc[kept_rows].tolist(),
-            strict=True,
-        )
-    ]
+    sub = _take(ex, np.isin(np.arange(len(f)), cand))
+    content = string_literals(sub, "user").row_keys().astype(np.int64)
+    label = Text(json_parts(sub.label)).row_keys()
+    content, _ = pd.factorize(content * (int(label.max()) + 1) + label)
+    entity, _ = pd.factorize(key[cand])
+    same, _ = pd.factorize(entity.astype(np.int64) * (int(content.max()) + 1) + content)
+    first_same = first_rows(same)[same]  # first row (within cand) with the same entity and example
+    first_entity = first_rows(entity)[entity]
+    # An entity with more than one distinct example conflicts (without entities, the key is the prompt:
+    # the same prompt with other labels is kept).
+    per_entity = pd.Series(same).groupby(entity).nunique().to_numpy()
+    conflict = (per_entity[entity] > 1) & ("entity" in f.columns)
+    later = (first_same != np.arange(len(cand))) & ~conflict
+    # The other record a conflicting one is named with: the entity's first, or for that one, the first
+    # record that differs from it.
+    differs = conflict & (same != same[first_entity])
+    other_of_entity = np.full(int(entity.max()) + 1, -1)
+    idx = np.flatnonzero(differs)[::-1]
+    other_of_entity[entity[idx]] = idx
+    other = np.where(same == same[first_entity], other_of_entity[entity], first_entity)
+    source, line = f["source"].iloc[cand].tolist(), f["line"].iloc[cand].tolist()
+    what = "same entity and example" if "entity" in f.columns else "same profile and label"
+    rejects, drop = [], []
+    for i in np.flatnonzero(later | conflict).tolist():
+        if conflict[i]:
+            j = int(other[i])
+            reason = (
+                f"conflicting records of one entity id: differs from {source[j]} line {int(line[j])}; "
+                "both are rejected (fix the export or remove the stale record)"
+            )
+        else:
+            j = int(first_same[i])
+            reason = f"exact duplicate of {source[j]} line {int(line[j])} ({what})"
+        rejects.append((source[i], Reject(int(line[i]), reason)))
+        drop.append(cand[i])
     keep = np.ones(len(f), dtype=bool)
-    keep[dup_rows] = False
-    return _take(ex, keep), rejects
+    keep[drop] = False
+    out = _take(ex, keep)
+    if ex.input_strata is not None:
+        out.rejected_strata = dict(
+            Counter(ex.rejected_strata) + Counter(_distribution(f["stratum"].iloc[drop]))
+        )
+    return out, rejects
 
 
 def assign_splits(groups: pd.Series, strata: pd.Series, fractions: dict[str, float], seed: int) -> np.ndarray:
@@ -264,9 +304,10 @@ def write_dataset(
         raise RuntimeError(
             f"counts do not add up: {n_records} records read, {written} written + {len(all_rejects)} rejected"
         )
+    reading = {sr.source: sr.reading for sr in rejects}
     manifest = {
         "task": task,
-        "inputs": [_file_entry(p) for p in inputs],
+        "inputs": [_file_entry(p, reading) for p in inputs],
         "counts": {
             "records": n_records,
             "written": written,
@@ -277,6 +318,7 @@ def write_dataset(
             ),
         },
         "label_distribution": dist,
+        **_label_counts(ex, len(all_rejects)),
         "outputs": outputs,
         **(manifest_extra or {}),
     }
@@ -292,9 +334,10 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _file_entry(path: str) -> dict:
+def _file_entry(path: str, reading: dict[str, dict]) -> dict:
     p = Path(path)
-    return {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    entry = {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return {**entry, "reading": reading[p.name]} if reading.get(p.name) else entry
 
 
 def _distribution(s: pd.Series) -> dict:
@@ -304,6 +347,24 @@ def _distribution(s: pd.Series) -> dict:
         present = sorted((k, int(v)) for k, v in zip(s.cat.categories, counts, strict=True) if v)
         return {str(k): v for k, v in present}
     return {str(k): int(v) for k, v in s.value_counts().sort_index().items()}
+
+
+def _label_counts(ex: ExampleFrame, n_rejected: int) -> dict:
+    """``label_counts``: the stratum (label) counts of the input, the rejects and the written examples.
+
+    Raises:
+        RuntimeError: They do not add up, per label (a bug, like the record counts).
+    """
+    if ex.input_strata is None:
+        return {}
+    written = Counter(_distribution(ex.frame["stratum"]))
+    rejected = Counter(ex.rejected_strata)
+    if Counter(ex.input_strata) != written + rejected or rejected.total() != n_rejected:
+        raise RuntimeError(
+            f"label counts do not add up: input {ex.input_strata}, rejected {dict(rejected)} "
+            f"({n_rejected} rejects), written {dict(written)}"
+        )
+    return {"label_counts": {"input": ex.input_strata, "rejected": dict(rejected), "written": dict(written)}}
 
 
 def _reason_kind(reason: str) -> str:
@@ -318,6 +379,8 @@ def _take(ex: ExampleFrame, keep: np.ndarray) -> ExampleFrame:
         {k: _take_series(v, rows) for k, v in ex.label.items()},
         {k: _take_series(v, rows) for k, v in ex.meta.items()},
         {k: v.take(rows) for k, v in ex.text.items()},
+        ex.input_strata,
+        dict(ex.rejected_strata),
     )
 
 

@@ -7,9 +7,13 @@ the mapping's extra ``profile`` columns; never names or ids); the assistant answ
 
 Labels (``ChatExample.label``), stated so an evaluator can score them honestly:
 
-- ``tenure_years``: years at the company. With ``actual_tenure`` mapped, that column (years); otherwise
-  ``termination_date - hire_date``, or ``as_of - hire_date`` for an employee still employed.
-  ``tenure_censored`` is true when the employee had not left: the value is then a lower bound.
+- ``tenure_years``: years at the company. With ``actual_tenure`` mapped, that column (in ``tenure_unit``:
+  years, months or days); where it is blank, or without it, ``termination_date - hire_date``, or
+  ``as_of - hire_date`` for an employee still employed. ``tenure_censored`` is true when the employee had
+  not left: the value is then a lower bound, and the answer says "at least X years (still employed)"
+  (JSON ``tenure_censored: true``), never an expected tenure. With both hire dates and ``actual_tenure``,
+  the records with an exact end (a termination date, or a set ``as_of``) are compared: when more than
+  half disagree by more than 0.5 years + 10%, the run is refused naming the ``tenure_unit`` that fits.
 - ``promotion_years``: years from hire to the recorded ``promotion_date``
   (``promotion_censored=false``). Without a promotion date it is the observed window (hire to
   termination or ``as_of``; hire plus ``actual_tenure`` when that is mapped) and
@@ -20,6 +24,19 @@ Labels (``ChatExample.label``), stated so an evaluator can score them honestly:
 
 ``as_of`` (the date censored tenures are measured to) defaults to the latest date found in the mapped
 date columns and is written to the manifest.
+
+Dates: ``date_formats`` maps a date column (or field) to its strptime format. A column not named there has
+its order read from its values: ``Y-M-D`` is unambiguous; for ``A/B/Y`` (``/``, ``.`` or ``-``, 2- or
+4-digit years) a value with ``A > 12`` settles day-first and ``B > 12`` month-first. A column holding both,
+or whose values fit both with nothing to settle it, is refused naming ``data_prep.date_formats.<column>``
+and an example line; so is a configured format that fails for more than 5% of a column's rows. The
+manifest's ``date_formats`` records the format(s) used per column and what chose them.
+
+Duplicates (`data_prep.dataset.drop_duplicates`): a record is a duplicate only of one with the same
+employee id (without an id, the same text in every source column) and the same example; distinct people
+with identical profiles are all kept. All records of an id whose records differ are rejected, each naming
+another. The manifest's ``label_counts`` gives the leaver/stayer counts of the input, the rejects and the
+output ("unknown" where a record's label cannot be read), which add up.
 
 The assistant's numbers are the labels; its reasons are statistics of the employee's cohort
 (``cohort`` fields, falling back to fewer fields below ``min_cohort`` training employees) computed
@@ -52,12 +69,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_prep.config import pii_salt
 from data_prep.dataset import ExampleFrame, SourceRejects, input_files
 from data_prep.fast import Coded, Text, coded, hash_strings, narrow_codes
-from data_prep.table import CSV_SUFFIXES, PARQUET_SUFFIXES, InputError, Reject, read_table
+from data_prep.table import TABLE_SUFFIXES, InputError, Reject, read_table, reading_options
 
 TASK = "hr"
+STRATA = ("left", "stayed", "unknown")  # the label a record states; unknown: unreadable
+# Divisor from the unit of ``actual_tenure`` (data_prep.tenure_unit) to years.
+TENURE_UNITS = {"years": 1.0, "months": 12.0, "days": 365.25}
+# A recorded tenure agrees with the dates when within 0.5 years + 10% of the dates' tenure; when more than
+# half of the records with an exact end disagree, the unit is refused.
+TENURE_TOLERANCE_YEARS, TENURE_TOLERANCE_SHARE = 0.5, 0.1
+# A configured date format that fails for more than this share of a column's non-empty values is refused.
+DATE_FAIL_SHARE = 0.05
 NOT_EXPECTED = "not expected"  # the answer when no promotion is expected (JSON null)
+# A censored tenure (still employed) is a lower bound, never the expected tenure: prose
+# "Expected Tenure: at least 3.1 years (still employed)", JSON "tenure_censored": true.
+CENSORED_PREFIX, CENSORED_SUFFIX = "at least ", " (still employed)"
 DAYS_PER_YEAR = 365.25
 DATE_FIELDS = ("hire_date", "termination_date", "promotion_date")
 TEXT_FIELDS = ("title", "department", "region", "performance_rating")
@@ -94,9 +123,15 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     cols = {k: v for k, v in src.columns.items() if v and k != "name"}
     tables, rejects, n_records = [], [], 0
     for path in input_paths(cfg):
-        t = read_table(path, max_field_chars=cfg.max_field_chars, progress=cfg.progress, arrow=True)
+        t = read_table(
+            path,
+            max_field_chars=cfg.max_field_chars,
+            progress=cfg.progress,
+            arrow=True,
+            **reading_options(cfg),
+        )
         n_records += t.n_records
-        rejects.append(SourceRejects(Path(path).name, list(t.rejects)))
+        rejects.append(SourceRejects(Path(path).name, list(t.rejects), t.reading()))
         header = t.arrow.column_names
         missing = [c for c in list(cols.values()) + list(src.profile) if c not in header]
         if missing:
@@ -149,15 +184,21 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
 
     for f in ("title", "department"):
         reject(_is(df[f], ""), f"{f} is empty ({cols[f]})")
-    dates, parsed = {}, {}  # per row; per category
+    dates, parsed, date_info = {}, {}, {}  # per row; per category; the format used per column
     for f in DATE_FIELDS:
         if f in df:
-            parsed[f] = _parse_unique(df[f].cat.categories, src.date_formats)
+            fmt = src.date_formats.get(cols[f]) or src.date_formats.get(f) or None
+            parsed[f], date_info[cols[f]] = _parse_date_column(df[f], cols[f], fmt, source, line)
             dates[f] = pd.Series(parsed[f][df[f].cat.codes.to_numpy()])
             bad = ~_is(df[f], "") & dates[f].isna().to_numpy()
-            reject_values(bad, df[f], f"{f} {{!r}} is not a date in any of data_prep.date_formats")
-    as_of = _as_of(src.as_of, dates, src.date_formats)
+            setting = f"data_prep.date_formats.{cols[f]}={fmt or '<format>'}"
+            reject_values(
+                bad, df[f], f"{f} {{!r}} is not a date (read as {_formats(date_info[cols[f]])}; {setting})"
+            )
+    as_of = _as_of(src.as_of, dates, date_info)
 
+    # The label each record states, before any check: "unknown" where it cannot be read. The manifest
+    # reports these counts for the input, the rejects and the output (`data_prep.dataset.write_dataset`).
     if "attrition" in df:
         low = [v.lower() for v in df["attrition"].cat.categories]
         true_values = {v.lower() for v in src.true_values}
@@ -165,38 +206,49 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
         codes = df["attrition"].cat.codes.to_numpy()
         is_true = np.array([v in true_values for v in low], dtype=bool)[codes]
         is_false = np.array([v in false_values for v in low], dtype=bool)[codes]
+        readable = is_true | is_false
         reject_values(
-            ~(is_true | is_false),
+            ~readable,
             df["attrition"],
             "attrition {!r} is in neither data_prep.true_values nor false_values",
         )
         left = is_true
     else:
         left = dates["termination_date"].notna().to_numpy()
+        readable = left | _is(df["termination_date"], "")
+    stratum_all = np.where(readable, np.where(left, 0, 1), 2).astype(np.int8)  # left, stayed, unknown
 
     hire = dates.get("hire_date")
     term = dates.get("termination_date")
     end = None
+    recorded = "actual_tenure" in df
+    blank = _is(df["actual_tenure"], "") if recorded else np.ones(n, dtype=bool)
     if hire is not None:
         as_of_col = pd.Series(as_of, index=hire.index, dtype="datetime64[ns]")
         end = term.where(term.notna(), as_of_col) if term is not None else as_of_col
-        if "actual_tenure" not in df:
-            reject(hire.isna(), "hire_date is empty; tenure comes from dates")
+        reject(hire.isna().to_numpy() & blank, "hire_date is empty; tenure comes from dates")
         reject((hire > end).to_numpy(), "hire_date after the termination date or as_of")
         if term is not None:
-            reject(
-                left & term.isna().to_numpy() & ("actual_tenure" not in df),
-                "left but termination_date is empty",
-            )
+            reject(left & term.isna().to_numpy() & blank, "left but termination_date is empty")
             reject(~left & term.notna().to_numpy(), "attrition says stayed but termination_date is set")
-    if "actual_tenure" in df:
+        from_dates = ((end - hire).dt.days / DAYS_PER_YEAR).to_numpy(dtype=float)
+    else:
+        from_dates = np.full(n, np.nan)
+    unit_check = None
+    if recorded:
         values = np.asarray(df["actual_tenure"].cat.categories, dtype=object)
-        tenure_of = np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
+        tenure_of = (
+            np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float) / TENURE_UNITS[src.tenure_unit]
+        )
         tenure = tenure_of[df["actual_tenure"].cat.codes.to_numpy()]
+        if hire is None:
+            reject(blank, "actual_tenure is empty and no hire_date is mapped to compute it from")
+        elif term is None:
+            reject(blank & left, "left but actual_tenure is empty and no termination_date is mapped")
         reject_values(
-            ~(tenure >= 0) | ~np.isfinite(tenure),
+            ~blank & (~(tenure >= 0) | ~np.isfinite(tenure)),
             df["actual_tenure"],
-            "actual_tenure {!r} is not a non-negative number of years",
+            f"actual_tenure {{!r}} is not a non-negative number of {src.tenure_unit}",
         )
         reject_values(
             tenure > src.max_tenure_years,
@@ -204,25 +256,33 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             f"actual_tenure {{!r}} is more years than data_prep.max_tenure_years ({src.max_tenure_years:g}); "
             "fix the record or raise the bound",
         )
+        if hire is not None:
+            # An exact end of employment: a termination date, or the as_of a user set.
+            exact = (term.notna().to_numpy() if term is not None else np.zeros(n, dtype=bool)) | bool(
+                src.as_of
+            )
+            unit_check = _check_tenure_unit(tenure, from_dates, exact & ~blank & (reason == 0), src)
+            # Blank for someone still employed (or a leaver with a termination date): from the dates,
+            # censored for the former (tenure_censored is ``not attrition``).
+            tenure = np.where(blank, from_dates, tenure)
     else:
-        tenure = ((end - hire).dt.days / DAYS_PER_YEAR).to_numpy(dtype=float)
-        reject(
-            tenure > src.max_tenure_years,
-            f"hire_date gives a tenure of more than data_prep.max_tenure_years ({src.max_tenure_years:g}) "
-            "years; fix the record, as_of or the bound",
-        )
+        tenure = from_dates
+    reject(
+        ~(tenure <= src.max_tenure_years) & np.isfinite(from_dates) & blank,
+        f"hire_date gives a tenure of more than data_prep.max_tenure_years ({src.max_tenure_years:g}) "
+        "years; fix the record, as_of or the bound",
+    )
 
     promo_years = np.full(n, np.nan)
     promo_censored = np.ones(n, dtype=bool)
     if "promotion_date" in dates and hire is not None:
-        if "actual_tenure" in df:
+        if recorded:
             # The observed window ends where the recorded tenure does, not at as_of. A tenure that is
             # no date span (negative, infinite, past 2262) has no window; its record is kept or
             # rejected by its tenure alone.
-            days = np.round(tenure_of * DAYS_PER_YEAR)
+            days = np.round(tenure * DAYS_PER_YEAR)
             usable = np.isfinite(days) & (days >= 0) & (days <= pd.Timedelta.max.days)
-            window_of = pd.to_timedelta(np.where(usable, days, np.nan), unit="D").to_numpy()
-            window = pd.Series(window_of[df["actual_tenure"].cat.codes.to_numpy()], index=hire.index)
+            window = pd.Series(pd.to_timedelta(np.where(usable, days, np.nan), unit="D"), index=hire.index)
             end = hire.where(hire <= pd.Timestamp.max - window) + window
         promo = dates["promotion_date"]
         reject((promo < hire).to_numpy(), "promotion_date before hire_date")
@@ -264,7 +324,8 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             "source": source,
             "line": line,
             "group": pd.Series(pd.arrays.ArrowExtensionArray(group)),
-            "stratum": pd.Categorical.from_codes(np.where(left, 0, 1).astype(np.int8), ["left", "stayed"]),
+            "entity": pd.Series(pd.arrays.ArrowExtensionArray(_entities(raw_id, group, tables, rows))),
+            "stratum": pd.Categorical.from_codes(np.where(left, 0, 1).astype(np.int8), STRATA[:2]),
         }
     )
     label = {
@@ -280,13 +341,20 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     meta = {
         k: meta[k] for k in ("department", "region", "title", "performance_rating", "source", "source_line")
     }
-    extra = {"as_of": None if pd.isna(as_of) else as_of.strftime("%Y-%m-%d")}
-    return ExampleFrame(frame, label, meta, {"user": user}), rejects, n_records, extra
+    extra = {"as_of": None if pd.isna(as_of) else as_of.strftime("%Y-%m-%d"), "date_formats": date_info}
+    if unit_check is not None:
+        extra["tenure_unit_check"] = unit_check
+    out = ExampleFrame(frame, label, meta, {"user": user})
+    # Records the reader rejected have no readable label.
+    n_unread = n_records - n
+    out.input_strata = _strata_counts(stratum_all, n_unread)
+    out.rejected_strata = _strata_counts(stratum_all[~ok], n_unread)
+    return out, rejects, n_records, extra
 
 
 def input_paths(cfg) -> list[str]:
     """The CSV or Parquet files ``input=`` names (a file, a folder or a glob)."""
-    return input_files(cfg.input, CSV_SUFFIXES + PARQUET_SUFFIXES)
+    return input_files(cfg.input, TABLE_SUFFIXES)
 
 
 def system_prompt(ex: ExampleFrame, cfg) -> str:
@@ -351,7 +419,8 @@ def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, Text], dict]:
         ["low", "medium", "high"],
     )
     promo_answer = np.where(promo_event, promo, np.nan)
-    text = hr_answer_literals(tenure, promo_answer, risk, prob, cohort, reasons, cfg.answer_format)
+    censored = ex.label["tenure_censored"].to_numpy(dtype=bool)
+    text = hr_answer_literals(tenure, promo_answer, risk, prob, cohort, reasons, cfg.answer_format, censored)
     return {"assistant": text}, {
         "cohorts": {
             k: {kk: v for kk, v in s.items() if kk != "attrition_rate"} for k, s in sorted(stats.items())
@@ -359,7 +428,7 @@ def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, Text], dict]:
     }
 
 
-def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: str) -> Text:
+def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: str, censored=None) -> Text:
     """`data_prep.answers.render_answer` for many HR answers at once, as JSON string literals.
 
     Each piece is formatted and escaped once per distinct value; the pieces are joined row-wise when
@@ -373,6 +442,7 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
         cohort: Cohort name per example (a key of ``reasons``).
         reasons: ``{cohort: (tenure, promotion, attrition)}`` reason strings.
         fmt: ``prose`` or ``json``.
+        censored: True where the tenure is a lower bound (still employed); None: none is.
 
     Examples:
         python -c "from data_prep.hr import hr_answer_literals as f; print(f([3.14], [float('nan')], ['low'], [0.1], ['all'], {'all': ('a', 'b', 'c')}, 'prose').strings().to_pylist()[0])"
@@ -389,6 +459,7 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
         return f"{v:.1f}" if prose else repr(round(float(v), 1))
 
     t = piece(np.round(np.asarray(tenure, dtype=float), 1), years)
+    c = np.zeros(len(t.codes), dtype=bool) if censored is None else np.asarray(censored, dtype=bool)
     p = piece(
         np.round(np.asarray(promo, dtype=float), 1),
         lambda v: (NOT_EXPECTED if prose else "null")
@@ -403,8 +474,11 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
     if prose:
         parts = [
             "1. Expected Tenure: ",
+            piece(c, lambda v: CENSORED_PREFIX if v else ""),
             t,
-            " years\n   Reasoning: ",
+            " years",
+            piece(c, lambda v: CENSORED_SUFFIX if v else ""),
+            "\n   Reasoning: ",
             reason(0),
             "\n\n2. Time to Next Promotion: ",
             p,
@@ -421,6 +495,8 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
         parts = [
             '{"tenure_years": ',
             t,
+            ', "tenure_censored": ',
+            piece(c, lambda v: "true" if v else "false"),
             ', "time_to_promotion_years": ',
             p,
             ', "attrition_risk": ',
@@ -438,39 +514,168 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
     return Text(['"', *(_esc(x) if isinstance(x, str) else x for x in parts), '"'])
 
 
-def parse_dates(s: pd.Series, formats: list[str]) -> pd.Series:
-    """Parse strings with the first of ``formats`` that fits each value (vectorised, per format).
+# A numeric date: D/M/Y or M/D/Y (2- or 4-digit year), or Y-M-D; one separator of - / . throughout.
+_DATE = r"^(\d{1,4})([-/.])(\d{1,2})\2(\d{1,4})$"
 
-    Examples:
-        python -c "import pandas as pd; from data_prep.hr import parse_dates; print(parse_dates(pd.Series(['3/30/2015', '2015-03-30', 'x']), ['%Y-%m-%d', '%m/%d/%Y']))"
+
+def _parse_date_column(values: pd.Series, column: str, fmt: str | None, source: pd.Series, line: np.ndarray):
+    """Parse one date column (categorical) once per distinct value; return (datetime64 per category, info).
+
+    With ``fmt`` (``data_prep.date_formats.<column>``) every value is read with it; more than
+    `DATE_FAIL_SHARE` of the non-empty rows failing is refused. Without, the order is read from the values:
+    ``Y-M-D`` is unambiguous, and for ``A/B/Y`` a value with ``A > 12`` settles day-first, ``B > 12``
+    month-first. Both orders in one column, or values that fit both with nothing to settle it, are refused
+    with the setting that fixes it and an example line. Values in neither form are left NaT (rejected).
     """
-    codes, uniques = pd.factorize(s.to_numpy(dtype=object))
-    values = _parse_unique(uniques, formats)
-    return pd.Series(np.where(codes >= 0, values[codes], np.datetime64("NaT")), index=s.index)
+    cats = pd.Series(np.asarray(values.cat.categories, dtype=object), dtype=object)
+    rows = np.bincount(values.cat.codes.to_numpy(), minlength=len(cats))
+    nonempty = (cats != "").to_numpy()
 
+    def example(mask) -> str:
+        c = int(np.flatnonzero(mask)[0])
+        r = int(np.argmax(values.cat.codes.to_numpy() == c))
+        return f"{source.iloc[r]} line {int(line[r])}: {cats[c]!r}"
 
-def _parse_unique(values, formats: list[str]) -> np.ndarray:
-    """Distinct strings -> datetime64[ns], each with the first of ``formats`` that fits ("" is NaT)."""
-    u = pd.Series(np.asarray(values, dtype=object), dtype=object)
-    parsed = pd.Series(pd.NaT, index=u.index, dtype="datetime64[ns]")
-    for fmt in formats:
-        todo = parsed.isna() & (u != "")
-        if not todo.any():
-            break
-        parsed[todo] = pd.to_datetime(u[todo], format=fmt, errors="coerce")
-    return parsed.to_numpy()
-
-
-def _as_of(text: str, dates: dict, formats: list[str]):
-    if text:
-        parsed = parse_dates(pd.Series([text]), ["%Y-%m-%d", *formats])[0]
-        if pd.isna(parsed):
+    if fmt:
+        parsed = pd.to_datetime(cats, format=fmt, errors="coerce").to_numpy()
+        fail = nonempty & pd.isna(parsed)
+        if rows[fail].sum() > DATE_FAIL_SHARE * max(rows[nonempty].sum(), 1):
             raise InputError(
-                f"data_prep.as_of={text!r} is not a date; use YYYY-MM-DD (data_prep.as_of=2020-12-31)"
+                f"{column}: {rows[fail].sum()} of {rows[nonempty].sum()} dates do not fit "
+                f"data_prep.date_formats.{column}={fmt} (e.g. {example(fail)}); set the format the column uses, "
+                f"or data_prep.date_formats.{column}='' to infer it from the values"
             )
-        return parsed
+        return parsed, {"formats": [fmt], "set_by": f"data_prep.date_formats.{column}"}
+    m = cats.str.extract(_DATE)
+    a, sep, b, y = m[0].fillna(""), m[1].fillna(""), m[2].fillna(""), m[3].fillna("")
+    an, bn, yn = (pd.to_numeric(x, errors="coerce").to_numpy() for x in (a, b, y))
+    ymd = (a.str.len() == 4).to_numpy() & (y.str.len() <= 2).to_numpy()
+    xy = (a.str.len() <= 2).to_numpy() & y.str.len().isin([2, 4]).to_numpy()
+    day_first, month_first = xy & (an > 12) & (bn <= 12), xy & (bn > 12) & (an <= 12)
+    fix = f"set data_prep.date_formats.{column}=%d/%m/%Y (day first) or %m/%d/%Y (month first)"
+    if day_first.any() and month_first.any():
+        raise InputError(
+            f"{column} holds dates in both orders: day first at {example(day_first)}, month first at "
+            f"{example(month_first)}; {fix}, and fix the rows that do not fit"
+        )
+    ambiguous = xy & (an <= 12) & (bn <= 12) & (an != bn)
+    if ambiguous.any() and not (day_first.any() or month_first.any()):
+        raise InputError(
+            f"{column}: the order of day and month cannot be told from the values (no day above 12; "
+            f"e.g. {example(ambiguous)}); {fix}"
+        )
+    dmy = day_first.any()
+    year = np.where(ymd, an, np.where(yn < 100, np.where(yn < 69, 2000 + yn, 1900 + yn), yn))
+    month = np.where(ymd, bn, np.where(dmy, bn, an))
+    day = np.where(ymd, yn, np.where(dmy, an, bn))
+    ok = ymd | xy
+    parts = pd.DataFrame({"year": np.where(ok, year, 2000), "month": np.where(ok, month, 1)})
+    parts["day"] = np.where(ok, day, 1)
+    parsed = pd.to_datetime(parts, errors="coerce").to_numpy() if len(cats) else np.zeros(0, "datetime64[ns]")
+    parsed[~ok] = np.datetime64("NaT")
+    used = sorted(
+        {
+            (
+                f"%Y{s}%m{s}%d"
+                if is_ymd
+                else (f"%d{s}%m{s}" if dmy else f"%m{s}%d{s}") + ("%Y" if w == 4 else "%y")
+            )
+            for s, w, is_ymd in zip(sep[ok], y[ok].str.len(), ymd[ok], strict=True)
+        }
+    )
+    return parsed, {"formats": used, "set_by": "inferred from the values"}
+
+
+def _formats(info: dict) -> str:
+    return " or ".join(info["formats"]) or "no date format"
+
+
+def _as_of(text: str, dates: dict, info: dict):
+    if text:
+        formats = ["%Y-%m-%d", *dict.fromkeys(f for i in info.values() for f in i["formats"])]
+        for fmt in formats:
+            parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+            if not pd.isna(parsed):
+                return parsed
+        raise InputError(
+            f"data_prep.as_of={text!r} is not a date; use YYYY-MM-DD (data_prep.as_of=2020-12-31)"
+        )
     latest = [d.max() for d in dates.values() if d.notna().any()]
     return max(latest) if latest else pd.NaT
+
+
+def _check_tenure_unit(recorded: np.ndarray, from_dates: np.ndarray, rows: np.ndarray, src) -> dict:
+    """Compare the recorded tenure (in years, after ``tenure_unit``) with the dates where the end is exact.
+
+    Raises:
+        InputError: More than half of those records disagree beyond the tolerance; names the unit that fits.
+    """
+    r, d = recorded[rows], from_dates[rows]
+    keep = np.isfinite(r) & np.isfinite(d)
+    r, d = r[keep], d[keep]
+    if not len(r):
+        return {"unit": src.tenure_unit, "compared": 0}
+
+    def agree(scale: float) -> float:
+        return float(np.mean(np.abs(r * scale - d) <= TENURE_TOLERANCE_YEARS + TENURE_TOLERANCE_SHARE * d))
+
+    share = agree(1.0)
+    if share < 0.5:
+        fits = {u: agree(TENURE_UNITS[src.tenure_unit] / k) for u, k in TENURE_UNITS.items()}
+        best = max(fits, key=fits.get)
+        hint = f"data_prep.tenure_unit={best} fits {fits[best]:.0%}" if fits[best] >= 0.5 else "no unit fits"
+        raise InputError(
+            f"actual_tenure read in {src.tenure_unit} (data_prep.tenure_unit={src.tenure_unit}) disagrees with "
+            f"hire and termination dates in {1 - share:.0%} of {len(r)} records with an exact end; {hint}. "
+            "Set data_prep.tenure_unit, or check the mapping of actual_tenure and the dates"
+        )
+    return {"unit": src.tenure_unit, "compared": len(r), "agree_share": round(share, 4)}
+
+
+def _entities(raw_id: pa.Array, group: pa.Array, tables: list, rows: np.ndarray) -> pa.Array:
+    """The key records are duplicates under: the employee id, or ``row:<n>`` for one without an id, with
+    ``n`` equal exactly for records equal in every source column (`data_prep.dataset.drop_duplicates`)."""
+    no_id = np.flatnonzero(pc.binary_length(raw_id).to_numpy(zero_copy_only=False) == 0)
+    if not len(no_id):
+        return group
+    codes = _whole_rows(tables, rows[no_id])
+    mask = np.zeros(len(group), dtype=bool)
+    mask[no_id] = True
+    keys = pa.array([f"row:{c}" for c in codes.tolist()], type=group.type)
+    return pc.replace_with_mask(group, pa.array(mask), keys)
+
+
+def _whole_rows(tables: list, rows: np.ndarray) -> np.ndarray:
+    """A code per record (``rows`` numbered over all ``tables``), equal for records with the same header
+    and the same text in every column."""
+    starts = np.cumsum([0] + [len(t.line) for _, t in tables])
+    table_of = np.searchsorted(starts, rows, side="right") - 1
+    by_header: dict[tuple, list[int]] = {}
+    for i, (_, t) in enumerate(tables):
+        by_header.setdefault(tuple(t.arrow.column_names), []).append(i)
+    out = np.zeros(len(rows), dtype=np.int64)
+    offset = 0
+    for header, members in by_header.items():
+        sel = np.flatnonzero(np.isin(table_of, members))
+        if not len(sel):
+            continue
+        # Row numbers within the concatenation of this header's tables.
+        sizes = np.array([len(tables[i][1].line) for i in members])
+        local_start = dict(zip(members, np.cumsum(np.concatenate([[0], sizes[:-1]])).tolist(), strict=True))
+        local = rows[sel] - starts[table_of[sel]] + np.array([local_start[i] for i in table_of[sel]])
+        combined = np.zeros(len(sel), dtype=np.int64)
+        for c in header:
+            col = _column([tables[i] for i in members], c).take(pa.array(local))
+            codes = pc.fill_null(col, "").dictionary_encode().indices.to_numpy(zero_copy_only=False)
+            combined, _ = pd.factorize(combined * (int(codes.max()) + 1) + codes)
+        out[sel] = combined + offset
+        offset += int(combined.max()) + 1
+    return out
+
+
+def _strata_counts(stratum: np.ndarray, unreadable: int) -> dict[str, int]:
+    counts = np.bincount(stratum, minlength=len(STRATA)) + np.array([0, 0, unreadable])
+    return {k: int(v) for k, v in zip(STRATA, counts, strict=True) if v}
 
 
 def _column(tables: list, column: str) -> pa.Array:
@@ -607,7 +812,7 @@ def _ids(group: pa.Array, source: pd.Series, line: np.ndarray, cfg) -> pa.Array:
         key = ids.dictionary_encode().indices.to_numpy()
     else:
         # SipHash keyed by the salt (pandas' hash_array): a keyed hash, cheap for a million ids.
-        salt = cfg.pii.salt or os.urandom(16).hex()
+        salt = pii_salt(cfg) or os.urandom(16).hex()
         hash_key = base64.b64encode(hashlib.sha256(salt.encode()).digest()).decode()[:16]
         h = hash_strings(group, hash_key)
         ids, key = _hex_ids("hr-", h), h

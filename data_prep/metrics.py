@@ -5,8 +5,8 @@ Task modules (`data_prep.tasks`) arrange their scored examples into `Group` obje
 (`slice_metrics`) without knowing which task made it.
 
 - `attrition_metrics`: precision, recall and F1 of "leaves", ROC-AUC, PR-AUC, Brier score, calibration bins.
-- `duration_metrics`: MAE and RMSE on uncensored durations; the share of censored labels predicted below
-  their bound.
+- `duration_metrics`: MAE and RMSE on uncensored durations with point predictions (a lower-bound answer,
+  "at least X", is counted apart); the share of censored labels predicted below their bound.
 - `label_metrics`: accuracy, macro-F1 and confusion matrix of a categorical field.
 - `rubric_metrics`: exact match, normalised MAE and quadratic weighted kappa of scores.
 
@@ -97,18 +97,24 @@ def attrition_metrics(y_true, prob, threshold: float = 0.5, n_bins: int = 10, pr
     return out
 
 
-def duration_metrics(label_years, censored, predicted_years) -> dict:
+def duration_metrics(label_years, censored, predicted_years, predicted_censored=None) -> dict:
     """Errors of predicted durations (tenure, time to promotion) under right-censoring.
+
+    A censored value, label or prediction, is a lower bound ("at least X, still employed"), never a point
+    estimate: MAE and RMSE use uncensored labels with point predictions only.
 
     Args:
         label_years: Observed durations; for censored labels, the lower bound observed so far.
         censored: True where the label is a lower bound (the event had not happened yet).
         predicted_years: Predictions; NaN means "not expected" (no event predicted).
+        predicted_censored: True where the prediction is a lower bound ("at least"); None: none is.
 
     Returns:
-        ``uncensored``: n, ``predicted_none`` and MAE/RMSE over those with a numeric prediction.
-        ``censored``: n and ``below_bound_share``, the share of censored labels whose prediction is below the
-        bound (a known error; "not expected" is never below).
+        ``uncensored``: n, ``predicted_none``, ``predicted_at_least`` (with ``predicted_censored``: lower-bound predictions of an observed
+        duration: not scored by MAE/RMSE; ``at_least_above_label`` of them claim more than it was, a known
+        error) and MAE/RMSE over the point predictions.
+        ``censored``: n, ``predicted_at_least``, and ``below_bound_share``, the share of censored labels whose
+        point prediction is below the bound (a known error; "not expected" and a lower bound are never below).
 
     Examples:
         python -c "from data_prep.metrics import duration_metrics; print(duration_metrics([2.0, 5.0], [False, True], [3.0, 4.0]))"
@@ -116,13 +122,22 @@ def duration_metrics(label_years, censored, predicted_years) -> dict:
     y = np.asarray(label_years, dtype=float)
     c = np.asarray(censored, dtype=bool)
     p = np.asarray(predicted_years, dtype=float)
+    at_least = (
+        np.zeros(len(p), dtype=bool) if predicted_censored is None else np.asarray(predicted_censored, bool)
+    )
     u = ~c
-    has = u & ~np.isnan(p)
+    has = u & ~np.isnan(p) & ~at_least
     uncensored = {"n": int(u.sum()), "predicted_none": int((u & np.isnan(p)).sum())}
+    if predicted_censored is not None:
+        uncensored["predicted_at_least"] = int((u & at_least).sum())
+        uncensored["at_least_above_label"] = int((u & at_least & (p > y)).sum())
     uncensored["mae"] = mean_absolute_error(y[has], p[has]) if has.any() else None
     uncensored["rmse"] = root_mean_squared_error(y[has], p[has]) if has.any() else None
-    below = c & ~np.isnan(p) & (p < y)
-    cens = {"n": int(c.sum()), "below_bound": int(below.sum())}
+    below = c & ~np.isnan(p) & ~at_least & (p < y)
+    cens = {"n": int(c.sum())}
+    if predicted_censored is not None:
+        cens["predicted_at_least"] = int((c & at_least).sum())
+    cens["below_bound"] = int(below.sum())
     cens["below_bound_share"] = float(below.sum() / c.sum()) if c.any() else None
     return {"uncensored": uncensored, "censored": cens}
 
@@ -227,7 +242,7 @@ def attrition_headline(d: dict) -> dict:
 
 def duration_headline(d: dict) -> dict:
     """The headline metrics of a duration group's arrays (what slices and intervals report)."""
-    m = duration_metrics(d["y"], d["censored"], d["p"])
+    m = duration_metrics(d["y"], d["censored"], d["p"], d.get("p_censored"))
     return {
         "mae": m["uncensored"]["mae"],
         "rmse": m["uncensored"]["rmse"],

@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_prep.answers import render_answer
+from data_prep.config import pii_salt
 from data_prep.dataset import ExampleFrame, SourceRejects, input_files
 from data_prep.table import InputError, Reject
 from data_prep.tickets import EMAIL
@@ -113,7 +114,7 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     """
     src = cfg.data_prep
     cols = {k: v for k, v in src.columns.items() if v}
-    salt = (cfg.pii.salt or os.urandom(16).hex()).encode()[:64]
+    salt = (pii_salt(cfg) or os.urandom(16).hex()).encode()[:64]
     rows, rejects, n_records = [], [], 0
     for path in input_paths(cfg):
         records, bad = read_records(path, cfg.max_field_chars)

@@ -1,9 +1,19 @@
-"""Read a CSV or Parquet export into string columns, keeping every record's source line number.
+"""Read a CSV, Excel (.xlsx) or Parquet export into string columns, keeping every record's source line number.
 
 Every record of the file ends up in exactly one of two places: a row of `Table.frame` (with its line
 number in `Table.line`) or `Table.rejects` (line number and reason). A malformed record (wrong number
-of fields, invalid UTF-8, a field over ``max_field_chars``, a quoted field cut off by the end of the
-file, a blank line) is rejected; it never stops the read.
+of fields, bytes invalid in the file's encoding, a NUL byte, a field over ``max_field_chars`` however
+long, a quoted field cut off by the end of the file, a blank line) is rejected; it never stops the read.
+
+Delimiter and encoding are detected unless given (``delimiter=``, ``encoding=``), and what was used is
+kept on the `Table` (`Table.reading`). Encoding: a BOM means UTF-8 with BOM; a file that is valid UTF-8
+is UTF-8; a file with no valid UTF-8 sequence at all is cp1252 (the Windows superset of latin-1); a
+file with both valid and invalid UTF-8 stays UTF-8 and its damaged records are rejected, the reason
+naming ``encoding=cp1252``. Other encodings are transcoded to UTF-8 once, so every reader below sees
+UTF-8. Delimiter: ``.tsv`` is tab-separated; otherwise ``csv.Sniffer`` guesses among ``, ; tab |`` on
+the first 16 KiB, checked against the field counts of the first 32 KiB's records (the candidate
+under which most records have the header's count wins; the sniffer breaks ties; a tie it cannot
+break is refused, naming ``delimiter=``). Detection reads a sample, not the file.
 
 Clean files take a vectorised path: pandas' C parser (about a second per million rows), or with
 ``arrow=True`` Arrow's CSV parser on one thread (a few tenths of a second), the columns then kept as
@@ -15,12 +25,15 @@ fields, a record with extra fields, parser errors) is re-read record by record w
 module, which is slower but exact.
 
 Examples:
-    python -c "from data_prep.table import read_table; t = read_table('../shared/data/hr/ibm_hr_attrition.csv'); print(len(t.frame), t.rejects[:3])"
+    python -c "from data_prep.table import read_table; t = read_table('../shared/data/hr/ibm_hr_attrition.csv'); print(len(t.frame), t.rejects[:3], t.reading())"
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import datetime as dt
 import io
 import re
 import sys
@@ -38,6 +51,23 @@ from tqdm import tqdm
 
 CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+XLSX_SUFFIXES = (".xlsx",)
+TABLE_SUFFIXES = CSV_SUFFIXES + PARQUET_SUFFIXES + XLSX_SUFFIXES
+AUTO = "auto"
+# The delimiters detection chooses among (comma, semicolon, tab, pipe).
+DELIMITERS = ",;\t|"
+_BOM = b"\xef\xbb\xbf"
+# Detection reads this much of the file: the sniffer the first part, the field-count check all of it.
+_SNIFF_CHARS = 16 << 10
+_SAMPLE_BYTES = 32 << 10
+# A valid character beyond ASCII: one is enough to show that a file not wholly UTF-8 is UTF-8 damaged.
+_VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
+# Stands in for a NUL byte in the vectorised readers (pandas' parser cuts a field at a NUL); every
+# line holding one is rejected, so the stand-in is never read. Not a delimiter, quote, space or line break.
+_NUL_STANDIN = b"?"
+NUL_REASON = (
+    "contains a NUL byte (\\x00); remove it from the export (a NUL cuts a field short in most readers)"
+)
 # Lone surrogates are what `surrogateescape` turns undecodable bytes into.
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")
 _PROGRESS_MIN_BYTES = 8 << 20
@@ -71,12 +101,29 @@ class Table:
         line: Source line number of each row.
         rejects: Records that could not be read as a row.
         path: The file read.
+        format: ``csv``, ``xlsx`` or ``parquet``.
+        delimiter: The CSV field separator used ("" for other formats).
+        encoding: The CSV encoding used (``utf-8``, ``utf-8-sig``, ``cp1252``, ...; "" for other formats).
+        sheet: The spreadsheet sheet read ("" for other formats).
     """
 
     data: pa.Table | pd.DataFrame
     line: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
     path: str = ""
+    format: str = "csv"
+    delimiter: str = ""
+    encoding: str = ""
+    sheet: str = ""
+
+    def reading(self) -> dict[str, str]:
+        """How the file was read, for the manifest: format, and delimiter and encoding or sheet."""
+        out = {"format": self.format}
+        if self.format == "csv":
+            out |= {"delimiter": self.delimiter, "encoding": self.encoding}
+        elif self.format == "xlsx":
+            out["sheet"] = self.sheet
+        return out
 
     @cached_property
     def frame(self) -> pd.DataFrame:
@@ -113,45 +160,280 @@ def read_table(
     *,
     max_field_chars: int = 100_000,
     progress: bool = False,
-    delimiter: str = ",",
+    delimiter: str = AUTO,
+    encoding: str = AUTO,
+    sheet: str = "",
     arrow: bool = False,
 ) -> Table:
-    """Read a CSV (UTF-8, with or without BOM, LF or CRLF) or Parquet file into string columns.
+    """Read a CSV, Excel (.xlsx) or Parquet file into string columns.
 
     Args:
-        path: The file; ``.parquet``/``.pq`` is read as Parquet, anything else as CSV.
+        path: The file; ``.parquet``/``.pq`` is read as Parquet, ``.xlsx`` as a spreadsheet (line
+            numbers are its row numbers), anything else as CSV (``.tsv`` tab-separated).
         max_field_chars: A record with a longer field is rejected instead of bloating the dataset.
         progress: Show a progress bar on large files.
-        delimiter: Field separator of a CSV file.
+        delimiter: CSV field separator, or ``auto`` to detect it (``tab`` or ``\\t`` for a tab).
+        encoding: CSV encoding (``utf-8``, ``utf-8-sig``, ``cp1252``, ``latin-1``), or ``auto``.
+        sheet: The .xlsx sheet to read; "" for the first.
         arrow: Try Arrow's parser first, for a caller that works on `Table.arrow` (a million short
             records); otherwise pandas' parser, whose Python strings `Table.frame` uses as they are.
 
     Returns:
-        The table; ``len(frame) + len(rejects)`` is the number of records in the file.
+        The table; ``len(frame) + len(rejects)`` is the number of records in the file; `Table.reading`
+        says how it was read.
 
     Raises:
-        InputError: The file is missing, empty, or has no header line.
+        InputError: The file is missing, empty, has no header line, or its delimiter, encoding or
+            sheet cannot be used (the message names the setting that fixes it).
 
     Examples:
         python -c "from data_prep.table import read_table; print(read_table('../shared/data/hr/HRDataset_v14.csv').frame.shape)"
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"input file {path} does not exist; pass input=<path to a CSV or Parquet export>")
-    if path.suffix.lower() in PARQUET_SUFFIXES:
+        raise InputError(
+            f"input file {path} does not exist; pass input=<path to a CSV, .xlsx or Parquet export>"
+        )
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
         return _read_parquet(path)
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    if not raw or raw.isspace():
-        raise InputError(f"{path} is empty; expected a header line and at least one record")
-    table = _read_csv_arrow(raw, max_field_chars, progress, delimiter) if arrow else None
-    if table is None:
-        table = _read_csv_fast(raw, max_field_chars, progress, delimiter)
-    if table is None:
-        table = _read_csv_exact(raw, max_field_chars, progress, delimiter)
+    if suffix in XLSX_SUFFIXES:
+        return _read_xlsx(path, sheet, max_field_chars)
+    table = read_csv_bytes(
+        path.read_bytes(),
+        max_field_chars=max_field_chars,
+        progress=progress,
+        delimiter="\t" if delimiter == AUTO and suffix == ".tsv" else delimiter,
+        encoding=encoding,
+        readers=("arrow", "pandas", "exact") if arrow else ("pandas", "exact"),
+        name=str(path),
+    )
     table.path = str(path)
     return table
+
+
+def reading_options(cfg) -> dict[str, str]:
+    """The reading settings of a data-prep config (``delimiter``, ``encoding``, ``sheet``) as `read_table` arguments."""
+    return {"delimiter": cfg.delimiter, "encoding": cfg.encoding, "sheet": cfg.sheet}
+
+
+def read_csv_bytes(
+    raw: bytes,
+    *,
+    max_field_chars: int = 100_000,
+    progress: bool = False,
+    delimiter: str = AUTO,
+    encoding: str = AUTO,
+    readers: tuple[str, ...] = ("pandas", "exact"),
+    name: str = "input",
+) -> Table:
+    """Read CSV bytes with the first of ``readers`` that can line the file up with its source lines.
+
+    Every reader gives the same rows, line numbers and rejects (``tests/data_prep/test_reading.py``
+    feeds the same bytes to each); ``exact`` reads any file, the others decline the files they would
+    read differently.
+
+    Examples:
+        python -c "from data_prep.table import read_csv_bytes; print(read_csv_bytes(b'a;b\\n1;2\\n').reading())"
+    """
+    raw, used_encoding = _to_utf8(raw, encoding, name)
+    if not raw or raw.isspace():
+        raise InputError(f"{name} is empty; expected a header line and at least one record")
+    delimiter = _delimiter(raw, delimiter, name)
+    readers_by_name = {"arrow": _read_csv_arrow, "pandas": _read_csv_fast, "exact": _read_csv_exact}
+    table = None
+    with _field_size_limit():
+        for reader in readers:
+            table = readers_by_name[reader](raw, max_field_chars, progress, delimiter, used_encoding)
+            if table is not None:
+                break
+    if table is None:
+        raise ValueError(f"readers {readers} all declined; end the list with 'exact'")
+    table.delimiter, table.encoding = delimiter, used_encoding
+    return table
+
+
+@contextlib.contextmanager
+def _field_size_limit():
+    """Lift the csv module's field limit (131,072 by default) so that ``max_field_chars`` is the one applied."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _to_utf8(raw: bytes, encoding: str, name: str) -> tuple[bytes, str]:
+    """The file as UTF-8 bytes (BOM removed) and the encoding it was read as.
+
+    Bytes invalid in that encoding stay invalid UTF-8 bytes at the same place, so their record is
+    rejected with its line (`_invalid_reason` names the encoding).
+    """
+    enc = encoding.strip().lower()
+    if enc == AUTO:
+        if raw.startswith(_BOM):
+            return raw[3:], "utf-8-sig"
+        if raw.isascii():
+            return raw, "utf-8"
+        try:
+            raw.decode("utf-8")
+            return raw, "utf-8"
+        except UnicodeDecodeError:
+            pass
+        if _VALID_NON_ASCII.search(raw.decode("utf-8", errors="surrogateescape")):
+            return raw, "utf-8"  # UTF-8 with damaged records: those are rejected, naming encoding=cp1252
+        enc = "cp1252"
+    try:
+        codec = codecs.lookup(enc).name
+    except LookupError:
+        raise InputError(
+            f"{name}: unknown encoding={encoding!r}; use auto, utf-8, utf-8-sig, cp1252 or latin-1"
+        ) from None
+    ascii_probe = 'a,;\t|"\r\n'
+    try:
+        compatible = ascii_probe.encode(codec) == ascii_probe.encode("ascii")
+    except UnicodeError:
+        compatible = False
+    if not compatible:
+        raise InputError(
+            f"{name}: encoding={encoding!r} is not ASCII-compatible; re-export the file as UTF-8 (encoding=utf-8)"
+        )
+    if codec in ("utf-8", "utf-8-sig"):
+        return (raw[3:], codec) if raw.startswith(_BOM) else (raw, codec)
+    label = "cp1252" if codec == "cp1252" else enc
+    return raw.decode(codec, errors="surrogateescape").encode("utf-8", errors="surrogateescape"), label
+
+
+def _delimiter(raw: bytes, delimiter: str, name: str) -> str:
+    """The configured delimiter (checked), or the detected one."""
+    if delimiter in ("tab", "\\t"):
+        delimiter = "\t"
+    if delimiter != AUTO:
+        if len(delimiter) != 1 or delimiter in '\r\n"\x00':
+            raise InputError(
+                f"{name}: delimiter={delimiter!r} must be one character other than a quote or line break "
+                "(delimiter=';', delimiter=tab) or auto"
+            )
+        return delimiter
+    return detect_delimiter(
+        raw[:_SAMPLE_BYTES].decode("utf-8", errors="replace"), name, whole=len(raw) <= _SAMPLE_BYTES
+    )
+
+
+def detect_delimiter(sample: str, name: str = "input", whole: bool = True) -> str:
+    """The delimiter among `DELIMITERS` under which the sample's records best match its header.
+
+    Args:
+        sample: The start of the file, decoded.
+        name: The file, for messages.
+        whole: Whether the sample is the whole file (otherwise its last, maybe cut, record is ignored).
+
+    Raises:
+        InputError: Two delimiters fit equally well and the sniffer cannot choose; the message names
+            the ``delimiter=`` setting.
+
+    Examples:
+        python -c "from data_prep.table import detect_delimiter; print(repr(detect_delimiter('a;b\\n1;2\\n')))"
+    """
+    scores = {}
+    for d in DELIMITERS:
+        records = list(csv.reader(io.StringIO(sample, newline=""), delimiter=d))
+        if not whole and len(records) > 2:
+            records = records[:-1]
+        records = [r for r in records if r and any(f.strip() for f in r)]
+        if records and len(records[0]) >= 2:
+            width = len(records[0])
+            scores[d] = (sum(len(r) == width for r in records[1:]), width)
+    if not scores:
+        return ","  # one column: no delimiter in the header
+    best = max(scores.values())
+    top = [d for d in DELIMITERS if scores.get(d) == best]
+    if len(top) == 1:
+        return top[0]
+    try:
+        sniffed = csv.Sniffer().sniff(sample[:_SNIFF_CHARS], delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        sniffed = None
+    if sniffed in top:
+        return sniffed
+    shown = " or ".join(repr(d) for d in top)
+    raise InputError(
+        f"{name}: cannot tell the delimiter: {shown} split the header and records equally; "
+        f"pass it (delimiter={top[0]!r} or delimiter=tab)"
+    )
+
+
+def _read_xlsx(path: Path, sheet: str, max_field_chars: int) -> Table:
+    """One sheet of a spreadsheet; line numbers are its row numbers (the header on row 1)."""
+    try:
+        names = pd.ExcelFile(path, engine="openpyxl").sheet_names
+    except ImportError as e:
+        raise InputError(f"{path}: reading .xlsx needs openpyxl ({e}); run make setup") from e
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(
+            f"{path} is not a readable .xlsx file ({e}); export it again or save it as CSV"
+        ) from e
+    if sheet and sheet not in names:
+        raise InputError(f"{path} has no sheet {sheet!r}; its sheets: {names} (sheet=<name>)")
+    used = sheet or names[0]
+    cells = pd.read_excel(
+        path, sheet_name=used, header=None, dtype=object, engine="openpyxl", na_filter=False
+    ).map(_cell_text)
+    if cells.empty:
+        raise InputError(f"{path} sheet {used!r} is empty; expected a header row and at least one record")
+    rows = cells.to_numpy(dtype=object)
+    header = [_clean_header(h) for h in rows[0]]
+    width = max((i + 1 for i, h in enumerate(header) if h), default=0)
+    if width == 0:
+        raise InputError(f"{path} sheet {used!r}: row 1 holds no column names; put the header on row 1")
+    filled = rows != ""
+    keep, rejects = [], []
+    for i in range(1, len(rows)):
+        values = rows[i]
+        last = int(np.flatnonzero(filled[i])[-1]) + 1 if filled[i].any() else 0
+        if last == 0:
+            rejects.append(Reject(i + 1, "blank line"))
+        elif last > width:
+            rejects.append(Reject(i + 1, _wrong_count(last, width)))
+        elif (longest := max(len(v) for v in values[:width])) > max_field_chars:
+            rejects.append(Reject(i + 1, _too_long(longest, max_field_chars)))
+        else:
+            keep.append(i)
+    frame = pd.DataFrame(
+        {
+            h: rows[keep, j] if keep else np.array([], dtype=object)
+            for j, h in enumerate(_dedupe(header[:width]))
+        }
+    )
+    line = np.array(keep, dtype=np.int64) + 1
+    return Table(frame, line, rejects, path=str(path), format="xlsx", sheet=used)
+
+
+def _cell_text(v) -> str:
+    """A spreadsheet cell as text: dates as ISO dates (with the time only when it is not midnight)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d") if v.time() == dt.time() else v.isoformat(sep=" ")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    return str(v)
+
+
+def _invalid_reason(encoding: str) -> str:
+    if encoding in ("utf-8", "utf-8-sig"):
+        return (
+            "invalid UTF-8 bytes; re-export the file as UTF-8 (or pass encoding=cp1252 for a Windows export)"
+        )
+    return f"bytes that are not {encoding}; pass the file's encoding (encoding=latin-1, encoding=utf-8)"
+
+
+def _nul_lines(raw: bytes) -> np.ndarray:
+    """1-based numbers of the lines that hold a NUL byte."""
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == 10)
+    return np.unique(np.searchsorted(newlines, np.flatnonzero(arr == 0))) + 1
 
 
 def _read_parquet(path: Path) -> Table:
@@ -165,7 +447,9 @@ def _read_parquet(path: Path) -> Table:
         if pd.api.types.is_datetime64_any_dtype(s):
             s = s.dt.strftime("%Y-%m-%d")
         out[str(c)] = s.astype("string").fillna("").astype(object)
-    return Table(pd.DataFrame(out), np.arange(1, len(df) + 1, dtype=np.int64), path=str(path))
+    return Table(
+        pd.DataFrame(out), np.arange(1, len(df) + 1, dtype=np.int64), path=str(path), format="parquet"
+    )
 
 
 class _Lines:
@@ -191,18 +475,26 @@ class _Lines:
         return self.raw[self.starts[i] : self.ends[i]]
 
 
-def _read_csv_arrow(raw: bytes, max_field_chars: int, progress: bool, delimiter: str) -> Table | None:
+def _read_csv_arrow(
+    raw: bytes, max_field_chars: int, progress: bool, delimiter: str, encoding: str = "utf-8"
+) -> Table | None:
     """The Arrow path, or None when the file needs one of the others.
 
     It reads exactly the files pandas' path reads, with the same rows and rejects: every physical line
-    is one record (valid UTF-8, no lone CR, no NUL, an even number of quotes per line), a plain header
+    is one record (valid UTF-8, no lone CR, an even number of quotes per line), a plain header
     of two or more distinct names, no record with extra fields (pandas skips those, so such a file
     takes the exact path), and each line holding quotes parses alone with ``csv`` (strict) to what
     Arrow read. Arrow reports a record with too few fields with its line number; a blank line is read
-    as a row of empty fields and found by its two adjacent line breaks.
+    as a row of empty fields and found by its two adjacent line breaks. A line holding a NUL byte is
+    rejected (the NUL read as a stand-in that changes no field boundary).
     """
-    if len(delimiter) != 1 or delimiter in '\r\n"' or b"\x00" in raw:
+    if len(delimiter) != 1 or delimiter in '\r\n"':
         return None
+    nul = _nul_lines(raw) if b"\x00" in raw else np.zeros(0, dtype=np.int64)
+    if len(nul):
+        if nul[0] == 1:
+            return None  # the exact path refuses a header with a NUL
+        raw = raw.replace(b"\x00", _NUL_STANDIN)
     if not raw.isascii():
         try:
             raw.decode("utf-8")
@@ -218,7 +510,8 @@ def _read_csv_arrow(raw: bytes, max_field_chars: int, progress: bool, delimiter:
     if quoted is None:
         return None
     try:
-        header = next(csv.reader([raw[:header_end].decode("utf-8")], delimiter=delimiter, strict=True))
+        with _field_size_limit():
+            header = next(csv.reader([raw[:header_end].decode("utf-8")], delimiter=delimiter, strict=True))
     except (csv.Error, StopIteration):
         return None
     names = [_clean_header(h) for h in header]
@@ -261,8 +554,9 @@ def _read_csv_arrow(raw: bytes, max_field_chars: int, progress: bool, delimiter:
     read = np.ones(n_lines - 1, dtype=bool)
     read[[ln - 2 for ln, _, _ in invalid]] = False
     line = np.flatnonzero(read) + 2
-    if not _arrow_agrees_on_quoted_lines(raw, table, line, quoted, invalid, delimiter):
-        return None
+    with _field_size_limit():
+        if not _arrow_agrees_on_quoted_lines(raw, table, line, quoted, invalid, delimiter):
+            return None
     reasons = {}  # line -> reason
     n_cols = len(names)
     cut_off = not raw.endswith(b"\n")
@@ -290,6 +584,9 @@ def _read_csv_arrow(raw: bytes, max_field_chars: int, progress: bool, delimiter:
         for i, longest in zip(wide[chars > max_field_chars], chars[chars > max_field_chars], strict=True):
             drop[i] = True
             reasons[int(line[i])] = _too_long(int(longest), max_field_chars)
+    for ln in nul.tolist():
+        reasons[ln] = NUL_REASON
+    drop[np.isin(line, nul)] = True
     rejects = [Reject(ln, reasons[ln]) for ln in sorted(reasons)]
     if drop.any():
         table, line = table.filter(pa.array(~drop)), line[~drop]
@@ -364,7 +661,9 @@ def _blank_lines(raw: bytes) -> list[int]:
     return sorted(out)
 
 
-def _read_csv_fast(raw: bytes, max_field_chars: int, progress: bool, delimiter: str) -> Table | None:
+def _read_csv_fast(
+    raw: bytes, max_field_chars: int, progress: bool, delimiter: str, encoding: str = "utf-8"
+) -> Table | None:
     """The vectorised path, or None when the file needs the exact one."""
     try:
         raw.decode("utf-8")
@@ -373,16 +672,21 @@ def _read_csv_fast(raw: bytes, max_field_chars: int, progress: bool, delimiter: 
     if raw.count(b"\r") != raw.count(b"\r\n") or len(delimiter) != 1:
         # A lone CR ends a record for the parser but not for line counting.
         return None
+    nul = _nul_lines(raw) if b"\x00" in raw else np.zeros(0, dtype=np.int64)
+    if len(nul):
+        if nul[0] == 1:
+            return None  # the exact path refuses a header with a NUL
+        raw = raw.replace(b"\x00", _NUL_STANDIN)  # pandas' parser would cut the field at the NUL
     lines = _Lines(raw, delimiter)
     if (lines.quotes % 2).any():
         # A quoted field runs over a line break (or is cut off): line numbers need the exact path.
         return None
-    with warnings.catch_warnings():
-        return _parse_fast(raw, lines, max_field_chars, progress, delimiter)
+    with warnings.catch_warnings(), _field_size_limit():
+        return _parse_fast(raw, lines, max_field_chars, progress, delimiter, nul)
 
 
 def _parse_fast(
-    raw: bytes, lines: _Lines, max_field_chars: int, progress: bool, delimiter: str
+    raw: bytes, lines: _Lines, max_field_chars: int, progress: bool, delimiter: str, nul: np.ndarray
 ) -> Table | None:
     try:
         reader = pd.read_csv(
@@ -411,7 +715,11 @@ def _parse_fast(
     n_cols = len(frame.columns)
     counts = lines.delims[1:] + 1
     for i in np.flatnonzero(lines.quotes[1:]):
-        counts[i] = len(next(csv.reader([lines.text(i + 1).decode("utf-8")], delimiter=delimiter), []))
+        try:
+            row = next(csv.reader([lines.text(i + 1).decode("utf-8")], delimiter=delimiter, strict=True), [])
+        except csv.Error:
+            return None  # malformed quoting: the exact reader decides (and rejects) such records
+        counts[i] = len(row)
     lengths = (lines.ends - lines.starts)[1:]
     reasons: dict[int, str] = {}
     for i in np.flatnonzero(lengths > max_field_chars):
@@ -426,6 +734,8 @@ def _parse_fast(
             reasons[int(i)] = _truncated(int(counts[i]), n_cols)
         else:
             reasons[int(i)] = _wrong_count(int(counts[i]), n_cols)
+    for ln in nul.tolist():
+        reasons[ln - 2] = NUL_REASON
     line = np.arange(2, len(frame) + 2, dtype=np.int64)
     if not reasons:
         return Table(frame, line)
@@ -435,18 +745,27 @@ def _parse_fast(
     return Table(frame[~bad].reset_index(drop=True), line[~bad], rejects)
 
 
-def _read_csv_exact(raw: bytes, max_field_chars: int, progress: bool, delimiter: str) -> Table:
+def _read_csv_exact(
+    raw: bytes, max_field_chars: int, progress: bool, delimiter: str, encoding: str = "utf-8"
+) -> Table:
     text = raw.decode("utf-8", errors="surrogateescape")
     has_invalid = _INVALID_UTF8.search(text) is not None
-    old_limit = csv.field_size_limit()
-    # One past the limit, so an over-long field is read and rejected by length rather than by the parser.
-    csv.field_size_limit(max(max_field_chars + 1, 1))
-    try:
+    has_nul = "\x00" in text
+    # Every field is read whole and rejected by its length: `read_csv_bytes` lifts the csv module's limit.
+    with _field_size_limit():
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
         header, rows, line, rejects = None, [], [], []
         start = 1
         ends_with_newline = text.endswith(("\n", "\r"))
         last_line = text.count("\n") + 1
+        split: list[str] = []
+
+        def source_line(n: int) -> str:
+            # The csv module also ends a line at a lone CR, so its line numbers can run past the LF count.
+            if not split:
+                split.extend(text.split("\n"))
+            return split[n - 1] if n <= len(split) else ""
+
         with _bar(text.count("\n"), progress and len(raw) > _PROGRESS_MIN_BYTES) as bar:
             while True:
                 try:
@@ -461,6 +780,10 @@ def _read_csv_exact(raw: bytes, max_field_chars: int, progress: bool, delimiter:
                 if header is None:
                     if rec is None or not any(f.strip() for f in rec):
                         raise InputError(f"line {start}: no readable header line ({err or 'blank'})")
+                    if has_nul and "\x00" in "".join(rec):
+                        raise InputError(
+                            f"line {start}: the header holds a NUL byte; remove it from the export"
+                        )
                     header = [_clean_header(h) for h in rec]
                     start = end + 1
                     continue
@@ -470,14 +793,14 @@ def _read_csv_exact(raw: bytes, max_field_chars: int, progress: bool, delimiter:
                         reason = (
                             "truncated record: the file ends inside a quoted field (was the file cut off?)"
                         )
-                    elif "field larger than field limit" in err:
-                        reason = _too_long(max_field_chars + 1, max_field_chars)
                     else:
                         reason = f"malformed CSV: {err}"
-                elif not rec or (len(rec) == 1 and not rec[0].strip()):
-                    reason = "blank line"
+                elif not rec or (len(rec) == 1 and not rec[0].strip() and '"' not in source_line(start)):
+                    reason = "blank line"  # a quoted empty field ("") is a record, as the other paths read it
+                elif has_nul and "\x00" in "\x1f".join(rec):
+                    reason = NUL_REASON
                 elif has_invalid and _INVALID_UTF8.search("\x1f".join(rec)):
-                    reason = "invalid UTF-8 bytes; re-export the file as UTF-8"
+                    reason = _invalid_reason(encoding)
                 elif len(rec) < len(header) and not ends_with_newline and end >= last_line:
                     reason = _truncated(len(rec), len(header))
                 elif len(rec) != len(header):
@@ -490,8 +813,6 @@ def _read_csv_exact(raw: bytes, max_field_chars: int, progress: bool, delimiter:
                 else:
                     rejects.append(Reject(start, reason))
                 start = end + 1
-    finally:
-        csv.field_size_limit(old_limit)
     if header is None:
         raise InputError("no header line; expected the column names on line 1")
     cols = list(zip(*rows, strict=True)) if rows else [()] * len(header)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from data_prep.answers import render_answer
 from data_prep.dataset import ExampleFrame, SourceRejects, input_files
-from data_prep.table import CSV_SUFFIXES, PARQUET_SUFFIXES, InputError, Reject, read_table
+from data_prep.table import TABLE_SUFFIXES, InputError, Reject, read_table, reading_options
 
 TASK = "tickets"
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -32,7 +32,7 @@ EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 def input_paths(cfg) -> list[str]:
     """The CSV or Parquet files ``input=`` names (a file, a folder or a glob)."""
-    return input_files(cfg.input, CSV_SUFFIXES + PARQUET_SUFFIXES)
+    return input_files(cfg.input, TABLE_SUFFIXES)
 
 
 def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
@@ -48,9 +48,11 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     cols = {k: v for k, v in src.columns.items() if v}
     parts, rejects, n_records = [], [], 0
     for path in input_paths(cfg):
-        t = read_table(path, max_field_chars=cfg.max_field_chars, progress=cfg.progress)
+        t = read_table(
+            path, max_field_chars=cfg.max_field_chars, progress=cfg.progress, **reading_options(cfg)
+        )
         n_records += t.n_records
-        rejects.append(SourceRejects(Path(path).name, list(t.rejects)))
+        rejects.append(SourceRejects(Path(path).name, list(t.rejects), t.reading()))
         missing = [c for c in cols.values() if c not in t.frame.columns]
         if missing:
             raise InputError(

@@ -57,9 +57,8 @@ class BaselinesConfig:
     evaluate: bool = True
     bootstrap_samples: int = 1000
     plots: bool = True
-    task_modules: list[str] = field(
-        default_factory=list
-    )  # plugin modules registering tasks (data_prep.tasks)
+    # Plugin modules that register tasks (data_prep.tasks), e.g. [my_tasks.toy]; the shipped tasks always load.
+    task_modules: list[str] = field(default_factory=list)
 
 
 def validate(cfg) -> None:

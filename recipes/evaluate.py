@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -120,9 +121,8 @@ class EvaluateConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     plots: bool = True
     max_listed: int = 20  # ids and lines listed per problem kind in the report
-    task_modules: list[str] = field(
-        default_factory=list
-    )  # plugin modules registering tasks (data_prep.tasks)
+    # Plugin modules that register tasks (data_prep.tasks), e.g. [my_tasks.toy]; the shipped tasks always load.
+    task_modules: list[str] = field(default_factory=list)
 
 
 class EvaluateError(ValueError):
@@ -360,21 +360,57 @@ def _jsonable(x):
 # Outputs
 
 
+# What an evaluation folder holds; a folder holding anything else is not ours to replace.
+OUTPUT_PATTERNS = ("report.json", "summary.md", "calibration_*.png", "confusion_*.png")
+
+
 def write_outputs(ev: Evaluation, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
-    """Write ``report.json``, ``summary.md`` and (optionally) the PNG plots under ``out_dir``.
+    """Write ``report.json``, ``summary.md`` and (optionally) the PNG plots as a new ``out_dir``.
+
+    Everything is written into ``<out_dir>.partial``, which then replaces ``out_dir`` whole: no plot of an
+    earlier run survives beside the new report, and a failure midway leaves the previous folder as it was.
+    An existing ``out_dir`` holding anything but an evaluation's files is refused, not replaced.
 
     Examples:
         python -c "import recipes.evaluate as e; help(e.write_outputs)"
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out / "report.json", "summary": out / "summary.md"}
-    paths["report"].write_text(json.dumps(ev.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["summary"].write_text(summary_markdown(ev.report), encoding="utf-8")
-    if plots:
-        for p in write_plots(ev.report, ev.groups, out):
-            paths[p.stem] = p
-    return paths
+    if out.exists() and not out.is_dir():
+        raise EvaluateError(f"out_dir={out} is a file; pass a folder (out_dir=<new folder>)")
+    if out.exists():
+        foreign = sorted(p.name for p in out.iterdir() if not any(p.match(pat) for pat in OUTPUT_PATTERNS))
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise EvaluateError(
+                f"out_dir={out} holds more than an evaluation ({listed}) and a new one replaces the folder "
+                "whole; pass a new or empty folder (out_dir=<new folder>)"
+            )
+    partial, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    for leftover in (partial, old):  # of a run that died midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        names = {"report": "report.json", "summary": "summary.md"}
+        (partial / names["report"]).write_text(
+            json.dumps(ev.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (partial / names["summary"]).write_text(summary_markdown(ev.report), encoding="utf-8")
+        if plots:
+            names.update((p.stem, p.name) for p in write_plots(ev.report, ev.groups, partial))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    # Two renames: out -> out.old, partial -> out (the old one is put back if the second fails).
+    if out.exists():
+        out.rename(old)
+    try:
+        partial.rename(out)
+    except BaseException:
+        if old.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return {key: out / name for key, name in names.items()}
 
 
 def run(cfg) -> dict[str, Path]:

@@ -2,7 +2,7 @@
 
 Source: `data_prep.hr` (``conf/data_prep/hr_*.yaml``). Answer format::
 
-    prose: 1. Expected Tenure: 3.1 years
+    prose: 1. Expected Tenure: 3.1 years                (still employed: "at least 3.1 years (still employed)")
               Reasoning: ...
 
            2. Time to Next Promotion: 1.5 years        (or "not expected")
@@ -10,12 +10,18 @@ Source: `data_prep.hr` (``conf/data_prep/hr_*.yaml``). Answer format::
 
            3. Attrition Risk: Low (15%)
               Reasoning: ...
-    json:  {"tenure_years": 3.1, "time_to_promotion_years": 1.5, "attrition_risk": "low",
+    json:  {"tenure_years": 3.1, "tenure_censored": false, "time_to_promotion_years": 1.5, "attrition_risk": "low",
             "attrition_probability": 0.15, "reasons": {"tenure": "...", "promotion": "...", "attrition": "..."}}
+
+Censored tenure: for an employee still employed the observed tenure is a lower bound, so it is never stated as
+the expected tenure: prose says "at least X years (still employed)", JSON sets ``tenure_censored: true``. A
+model answer in either form is read back the same way (``tenure_censored`` false when absent), and the
+evaluator scores a lower-bound answer as one (`data_prep.metrics.duration_metrics`).
 
 Metric groups: ``attrition`` (`data_prep.metrics.attrition_metrics`; a predicted leaver is
 ``attrition_risk == high`` with ``attrition_decision=risk``, else ``attrition_probability >=
-attrition_threshold``), ``tenure`` and ``promotion`` (`data_prep.metrics.duration_metrics`).
+attrition_threshold``), ``tenure`` and ``promotion`` (`data_prep.metrics.duration_metrics`; for tenure
+with the answers' ``tenure_censored``: a lower bound is not a point estimate).
 
 Baselines (``hr.*`` in ``conf/baselines.yaml``), ``logistic_regression`` and ``gradient_boosting``:
 
@@ -52,7 +58,7 @@ from sklearn.preprocessing import StandardScaler
 
 from data_prep import hr
 from data_prep.answers import NUMBER, AnswerParseError, as_float, one_line
-from data_prep.hr import NOT_EXPECTED
+from data_prep.hr import CENSORED_PREFIX, CENSORED_SUFFIX, NOT_EXPECTED
 from data_prep.metrics import (
     attrition_headline,
     attrition_metrics,
@@ -76,6 +82,8 @@ _HR_LABELS = {
     "promotion": "Time to Next Promotion",
     "attrition": "Attrition Risk",
 }
+# A tenure answer stated as a lower bound: "at least 3.1 years", "3.1+ years", ">= 3.1", "(still employed)".
+_AT_LEAST = re.compile(r"at\s+least|still\s+employed|>=|\u2265|\d\+", re.I)
 _REASON = re.compile(r"reasoning\s*:\s*(.*)", re.I | re.S)
 _PROFILE_LINE = re.compile(r"^\s*-\s*([^:\n]+?)\s*:\s*(.*?)\s*$", re.M)
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -139,6 +147,18 @@ class HrTask(Task):
             problems.append(
                 f"data_prep.max_tenure_years={src.max_tenure_years}; use a positive number of years"
             )
+        if src.tenure_unit not in hr.TENURE_UNITS:
+            problems.append(
+                f"data_prep.tenure_unit={src.tenure_unit!r}; use one of {list(hr.TENURE_UNITS)} "
+                "(data_prep.tenure_unit=months)"
+            )
+        date_columns = {c.get(f) for f in hr.DATE_FIELDS} | set(hr.DATE_FIELDS)
+        unknown = sorted(set(src.date_formats) - date_columns)
+        if unknown:
+            problems.append(
+                f"data_prep.date_formats names {unknown}, which are no mapped date column; use the hire, "
+                "termination or promotion date column (data_prep.date_formats.<column>=%d/%m/%Y)"
+            )
         if src.min_cohort < 1:
             problems.append(f"data_prep.min_cohort={src.min_cohort}; use a positive number of employees")
         if not 0 <= src.medium_risk_rate <= 1:
@@ -156,6 +176,9 @@ class HrTask(Task):
         if missing:
             raise AnswerParseError(f"hr answer is missing {', '.join(missing)}")
         tenure = as_float(answer["tenure_years"], "tenure_years", lo=0.0)
+        censored = answer.get("tenure_censored", False)
+        if not isinstance(censored, bool):
+            raise AnswerParseError(f"hr tenure_censored is {censored!r}; expected true or false")
         promo = answer["time_to_promotion_years"]
         if isinstance(promo, str) and promo.strip().lower() == NOT_EXPECTED:
             promo = None
@@ -173,6 +196,7 @@ class HrTask(Task):
             )
         return {
             "tenure_years": round(tenure, 1),
+            "tenure_censored": censored,
             "time_to_promotion_years": None if promo is None else round(promo, 1),
             "attrition_risk": risk,
             "attrition_probability": round(prob, 2),
@@ -181,10 +205,12 @@ class HrTask(Task):
 
     def render_prose(self, answer: dict) -> str:
         promo = answer["time_to_promotion_years"]
+        censored = answer.get("tenure_censored", False)
         promo_text = NOT_EXPECTED if promo is None else f"{promo:.1f} years"
         r = answer["reasons"]
         return (
-            f"1. Expected Tenure: {answer['tenure_years']:.1f} years\n"
+            f"1. Expected Tenure: {CENSORED_PREFIX if censored else ''}{answer['tenure_years']:.1f} years"
+            f"{CENSORED_SUFFIX if censored else ''}\n"
             f"   Reasoning: {one_line(r['tenure'])}\n\n"
             f"2. Time to Next Promotion: {promo_text}\n"
             f"   Reasoning: {one_line(r['promotion'])}\n\n"
@@ -215,6 +241,7 @@ class HrTask(Task):
         m = re.search(NUMBER, tenure_text)
         if m is None:
             raise AnswerParseError(f"hr Expected Tenure {tenure_text.strip()!r} has no number of years")
+        censored = bool(_AT_LEAST.search(tenure_text))
         promo_text = found["promotion"].group("value").strip()
         if NOT_EXPECTED in promo_text.lower() or promo_text.lower().startswith(("none", "n/a")):
             promo = None
@@ -238,6 +265,7 @@ class HrTask(Task):
             )
         return {
             "tenure_years": float(m.group(1)),
+            "tenure_censored": censored,
             "time_to_promotion_years": promo,
             "attrition_risk": rm.group(1).lower(),
             "attrition_probability": float(pm.group(1)) / 100.0,
@@ -286,8 +314,9 @@ class HrTask(Task):
                         "y": [float(ex.label[label_key]) for ex, _ in rows],
                         "censored": [bool(ex.label.get(name + "_censored")) for ex, _ in rows],
                         "p": [math.nan if a[answer_key] is None else a[answer_key] for _, a in rows],
+                        "p_censored": [bool(a.get(name + "_censored")) for _, a in rows],
                     },
-                    lambda d: duration_metrics(d["y"], d["censored"], d["p"]),
+                    lambda d: duration_metrics(d["y"], d["censored"], d["p"], d["p_censored"]),
                     duration_headline,
                 )
             )

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from data_prep import config as _config  # noqa: F401  (registers the schema)
+from data_prep.config import SALT_ENV
 from data_prep.schema import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,5 +102,65 @@ def prepare(tmp_path: Path, *overrides: str):
     from data_prep.prepare import run
 
     out = tmp_path / "out"
-    cfg = compose_cfg(f"out_dir={out}", "pii.salt=test-salt", "progress=false", *overrides)
-    return run(cfg, log_fn=lambda _: None), out
+    cfg = compose_cfg(f"out_dir={out}", "progress=false", *overrides)
+    with mock.patch.dict(os.environ, {SALT_ENV: "test-salt"}):
+        return run(cfg, log_fn=lambda _: None), out
+
+
+def hr_export(
+    n: int,
+    *,
+    profiles: int,
+    order: str,
+    unit: str,
+    blank_share: float,
+    copies: int,
+    seed: int,
+    as_of: str = "2024-06-30",
+) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """A realistic HR export: few distinct profiles (distinct ids share them), dates in ``order``
+    (``iso``, ``dmy`` or ``mdy``; one date with day 28 so the order can be read), tenure in ``unit``
+    (``years`` or ``months``) agreeing with the dates up to ``as_of``, blank for ``blank_share`` of the
+    people still employed, and ``copies`` exact copies of earlier rows (one person exported twice).
+
+    Returns:
+        The rows (strings) and ``{employee_id: left}``, the label each person states.
+    """
+    rng = np.random.default_rng(seed)
+    end = pd.Timestamp(as_of)
+    hire = end - pd.to_timedelta(rng.integers(30, 6000, n), unit="D")
+    hire = hire.where(np.arange(n) != 0, pd.Timestamp("2015-03-28"))
+    left = rng.random(n) < 0.35
+    term = hire + pd.to_timedelta(rng.integers(1, 4000, n), unit="D")
+    left &= term < end
+    stop = np.where(left, term, end)
+    years = (pd.DatetimeIndex(stop) - hire).days / 365.25
+    tenure = np.round(years * (12 if unit == "months" else 1), 2).astype(str)
+    blank = ~left & (rng.random(n) < blank_share)
+    fmt = {"iso": "%Y-%m-%d", "dmy": "%d/%m/%Y", "mdy": "%m/%d/%Y"}[order]
+    profile = rng.integers(0, profiles, n)
+    df = pd.DataFrame(
+        {
+            "employee_id": [f"E{i:05d}" for i in range(n)],
+            "hire_date": hire.strftime(fmt),
+            "termination_date": np.where(left, pd.DatetimeIndex(term).strftime(fmt), ""),
+            "title": np.array(["Analyst", "Engineer", "Manager"])[profile % 3],
+            "department": np.array(["Sales", "Eng"])[profile % 2],
+            "actual_tenure": np.where(blank, "", tenure),
+            "attrition": np.where(left, "yes", "no"),
+        }
+    )
+    labels = dict(zip(df["employee_id"], left.tolist(), strict=True))
+    if copies:
+        df = pd.concat([df, df.iloc[rng.integers(0, n, copies)]], ignore_index=True)
+    return df, labels
+
+
+HR_EXPORT_COLUMNS = (
+    "data_prep=hr_generic",
+    "data_prep.columns.name=''",
+    "data_prep.columns.promotion_date=''",
+    "data_prep.columns.region=''",
+    "data_prep.columns.performance_rating=''",
+    "data_prep.columns.termination_date=termination_date",
+)

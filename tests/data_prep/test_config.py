@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from dp_helpers import CONF, REPO, compose_cfg, hr_rows, to_csv_bytes
 from hydra.errors import ConfigCompositionException
 
-from data_prep.config import ConfigError, validate
+from data_prep.config import SALT_ENV, ConfigError, validate
 
 SOURCES = sorted(p.stem for p in (CONF / "data_prep").glob("*.yaml"))
 
@@ -19,7 +20,8 @@ def test_shipped_sources():
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_every_source_composes_and_validates(source):
+def test_every_source_composes_and_validates(source, monkeypatch):
+    monkeypatch.delenv("GPT_OSS_WORK", raising=False)
     cfg = compose_cfg(f"data_prep={source}", "input=x")
     validate(cfg)
     assert cfg.out_dir == f"work/data/{source}"
@@ -57,9 +59,24 @@ def test_validate_lists_every_problem_with_its_fix():
         assert needle in msg, needle
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def test_gpt_oss_work_moves_the_default_out_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT_OSS_WORK", str(tmp_path / "w"))
+    assert compose_cfg("data_prep=tickets", "input=x").out_dir == f"{tmp_path}/w/data/tickets"
+
+
+def _cli(*args: str, cwd=REPO, salt: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m data_prep <args>`` in a child, with ``DATA_PREP_SALT`` only when ``salt`` is given."""
+    env = {k: v for k, v in os.environ.items() if k != SALT_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    if salt is not None:
+        env[SALT_ENV] = salt
     return subprocess.run(
-        [sys.executable, "-m", "data_prep", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "data_prep", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -70,14 +87,19 @@ def test_cli_end_to_end(tmp_path):
     r = _cli("data_prep=hr_generic", f"input={p}", f"out_dir={out}")
     assert r.returncode == 0, r.stderr
     assert "50 records -> 50 written" in r.stdout
-    assert sorted(x.name for x in out.iterdir() if x.suffix in (".json", ".jsonl")) == [
+    assert sorted(x.name for x in out.iterdir()) == [
         "manifest.json",
+        "prepare.log",
         "rejects.jsonl",
         "test.jsonl",
         "train.jsonl",
         "validation.jsonl",
     ]
-    assert "hr_generic" in (out / ".hydra" / "config.yaml").read_text()
+    # The log holds what the console showed; no Hydra config dump anywhere.
+    assert (out / "prepare.log").read_text() == r.stdout
+    assert "random per run" in r.stdout
+    assert not (out / ".hydra").exists() and not (REPO / ".hydra").exists()
     bad = _cli("data_prep=hr_ibm_attrition", f"input={p}", f"out_dir={tmp_path / 'bad'}")
     assert bad.returncode != 0
     assert "not in its header" in bad.stderr and "data_prep.columns" in bad.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()

@@ -13,7 +13,7 @@ from dp_helpers import prepare, read_rejects, read_split_files, shared
 
 from data_prep import hr
 from data_prep.answers import parse_answer, render_answer
-from data_prep.hr import _km_median, parse_dates
+from data_prep.hr import _km_median
 
 HAND = """employee_id,name,hire_date,termination_date,promotion_date,title,department,region,performance_rating,attrition
 E1,Ann A,2015-01-01,2017-01-01,2016-01-01,Engineer,Eng,EMEA,High,yes
@@ -43,7 +43,7 @@ def hand(tmp_path):
 
 def test_labels_from_dates_with_censoring(hand):
     manifest, by_line, _ = hand
-    assert sorted(by_line) == [2, 3, 4]
+    assert sorted(by_line) == [2, 3, 4, 11]
     assert by_line[2].label == {
         "tenure_years": round(731 / 365.25, 3),
         "tenure_censored": False,
@@ -66,15 +66,18 @@ def test_labels_from_dates_with_censoring(hand):
 def test_bad_records_rejected_with_line_and_reason(hand):
     manifest, _, rejects = hand
     got = {r["line"]: r["reason"] for r in rejects}
-    assert got[5] == "hire_date 'not a date' is not a date in any of data_prep.date_formats"
+    assert got[5] == (
+        "hire_date 'not a date' is not a date (read as %Y-%m-%d or %m/%d/%Y; "
+        "data_prep.date_formats.hire_date=<format>)"
+    )
     assert got[6] == "hire_date after the termination date or as_of"
     assert got[7] == "attrition 'maybe' is in neither data_prep.true_values nor false_values"
     assert got[8] == "left but termination_date is empty"
     assert got[9] == "promotion_date before hire_date"
     assert got[10] == "title is empty (title)"
-    assert got[11] == "exact duplicate of hand.csv line 3 (same profile and label)"
     c = manifest["counts"]
-    assert (c["records"], c["written"], c["rejected"]) == (10, 3, 7)
+    # E10 has E2's profile: another person, kept.
+    assert (c["records"], c["written"], c["rejected"]) == (10, 4, 6)
 
 
 def test_answers_state_the_labels_and_no_personal_data(hand):
@@ -132,15 +135,6 @@ def test_same_seed_same_bytes_other_seed_other_splits(tmp_path, hr_csv):
     m3, _ = prepare(tmp_path / "c", "data_prep=hr_generic", f"input={hr_csv}", "seed=1")
     assert m1["outputs"] == m2["outputs"]
     assert m1["outputs"]["test.jsonl"]["sha256"] != m3["outputs"]["test.jsonl"]["sha256"]
-
-
-def test_parse_dates_tries_formats_in_order():
-    got = parse_dates(
-        pd.Series(["2015-03-30", "3/30/2015", "09/19/88", "", "31.12.2015"]),
-        ["%Y-%m-%d", "%m/%d/%Y", "%m/%d/%y"],
-    )
-    assert got[:3].dt.strftime("%Y-%m-%d").tolist() == ["2015-03-30", "2015-03-30", "1988-09-19"]
-    assert got[3:].isna().all()
 
 
 def test_km_median_by_hand():
@@ -219,7 +213,7 @@ def _prepare_csv(tmp_path, text: str, unmapped: tuple[str, ...], *overrides: str
     return prepare(tmp_path, "data_prep=hr_generic", f"input={p}", *cols, *overrides)
 
 
-def test_ids_strip_and_repeat_per_employee(tmp_path):
+def test_ids_strip_and_conflicting_records_of_one_id_are_all_rejected(tmp_path):
     manifest, out = _prepare_csv(
         tmp_path,
         "employee_id,hire_date,title,department,actual_tenure,attrition\n"
@@ -229,9 +223,17 @@ def test_ids_strip_and_repeat_per_employee(tmp_path):
         ("name", "promotion_date", "region", "performance_rating"),
     )
     examples = {e.meta["source_line"]: e for s in read_split_files(out).values() for e in s}
-    assert examples[3].id == examples[2].id + "-2"
-    assert examples[4].id != examples[2].id and len(examples[4].id) == 19
-    assert len({s for s, exs in read_split_files(out).items() for e in exs if e.meta["source_line"] < 4}) == 1
+    assert list(examples) == [4] and len(examples[4].id) == 19
+    conflict = "conflicting records of one entity id: differs from in.csv line {}; both are rejected"
+    assert [(r["line"], r["reason"].split(" (")[0]) for r in read_rejects(out)] == [
+        (2, conflict.format(3)),
+        (3, conflict.format(2)),
+    ]
+    assert manifest["label_counts"] == {
+        "input": {"stayed": 3},
+        "rejected": {"stayed": 2},
+        "written": {"stayed": 1},
+    }
 
 
 def test_tenure_that_is_no_date_span_is_rejected_or_kept_without_crashing(tmp_path):

@@ -6,14 +6,27 @@ import copy
 import csv
 import functools
 import io
+import os
+from collections import Counter
 from datetime import date
+from unittest import mock
 
-from dp_helpers import HR_COLUMNS, compose_cfg, read_rejects, read_split_files
+from dp_helpers import (
+    HR_COLUMNS,
+    HR_EXPORT_COLUMNS,
+    compose_cfg,
+    hr_export,
+    prepare,
+    read_rejects,
+    read_split_files,
+    to_csv_bytes,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from data_prep.prepare import run
+from data_prep.config import SALT_ENV
+from data_prep.prepare import NothingWrittenError, run
 from data_prep.table import InputError, read_table
 
 HEADER = HR_COLUMNS
@@ -50,7 +63,6 @@ def _base_cfg():
     return compose_cfg(
         "data_prep=hr_generic",
         "input=unset",
-        "pii.salt=s",
         "progress=false",
         f"max_field_chars={MAX_FIELD}",
         "data_prep.min_cohort=1",
@@ -105,7 +117,14 @@ def test_malformed_hr_rows_are_all_accounted_for(tmp_path_factory, rows, crlf, b
     (tmp / "hr.csv").write_bytes(data)
     cfg = copy.deepcopy(_base_cfg())
     cfg.input, cfg.out_dir, cfg.answer_format = str(tmp / "hr.csv"), str(tmp / "out"), fmt
-    manifest = run(cfg, log_fn=lambda _: None)
+    with mock.patch.dict(os.environ, {SALT_ENV: "s"}):
+        try:
+            manifest = run(cfg, log_fn=lambda _: None)
+        except NothingWrittenError:
+            # Every row corrupted: the run refuses to write an empty dataset (a "none" row is never rejected
+            # unless an equal one is written).
+            assert all(r["corruption"] != "none" for r in rows)
+            return
     written = {e.meta["source_line"] for s in read_split_files(tmp / "out").values() for e in s}
     rejected = {r["line"]: r["reason"] for r in read_rejects(tmp / "out")}
     assert manifest["counts"]["records"] == len(rows)
@@ -138,3 +157,55 @@ def test_arbitrary_bytes_never_crash_the_reader(tmp_path_factory, body, bom):
 def test_cfg_is_plain_omegaconf():
     cfg = compose_cfg("data_prep=hr_generic", "input=x.csv")
     assert OmegaConf.select(cfg, "data_prep.columns.hire_date") == "hire_date"
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    n=st.integers(1, 40),
+    profiles=st.integers(1, 4),
+    order=st.sampled_from(["iso", "dmy", "mdy"]),
+    unit=st.sampled_from(["years", "months"]),
+    blank_share=st.sampled_from([0.0, 0.5, 1.0]),
+    copies=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_generated_hr_exports_keep_people_labels_and_counts(
+    tmp_path_factory, n, profiles, order, unit, blank_share, copies, seed
+):
+    df, labels = hr_export(
+        n, profiles=profiles, order=order, unit=unit, blank_share=blank_share, copies=copies, seed=seed
+    )
+    runs = {}
+    for name, rows in (("as_is", df), ("shuffled", df.sample(frac=1.0, random_state=seed))):
+        tmp = tmp_path_factory.mktemp(name)
+        (tmp / "hr.csv").write_bytes(to_csv_bytes(rows))
+        manifest, out = prepare(
+            tmp,
+            *HR_EXPORT_COLUMNS,
+            f"input={tmp / 'hr.csv'}",
+            f"data_prep.tenure_unit={unit}",
+            "data_prep.as_of=2024-06-30",
+        )
+        written = [e for s in read_split_files(out).values() for e in s]
+        c = manifest["counts"]
+        assert (
+            c["records"] == len(rows) == c["written"] + c["rejected"] == len(written) + len(read_rejects(out))
+        )
+        # Every person is written once: distinct ids with identical profiles are kept, copies dropped.
+        assert len(written) == len(labels) and c["rejected"] == copies
+        stated = Counter("left" if v == "yes" else "stayed" for v in rows["attrition"])
+        rejected = Counter(manifest["label_counts"]["rejected"])
+        got = Counter("left" if e.label["attrition"] else "stayed" for e in written)
+        assert got == stated - rejected and rejected.total() == c["rejected"]
+        assert got == Counter("left" if v else "stayed" for v in labels.values())
+        for e in written:
+            assert e.label["tenure_censored"] == (not e.label["attrition"])
+            assert ("at least" in e.answer["content"]) == e.label["tenure_censored"]
+        runs[name] = {e.id: (e.label, e.answer["content"]) for e in written}
+    assert runs["as_is"] == runs["shuffled"]

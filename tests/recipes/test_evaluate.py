@@ -122,13 +122,35 @@ def test_tenure_and_promotion_by_hand(report):
     assert tenure["uncensored"]["mae"] == approx(1.5 / 3)
     assert tenure["uncensored"]["rmse"] == approx(math.sqrt((0.25 + 1 + 0) / 3))
     # Censored: hr-2 predicts 3.0 below its bound 4.0 (a known error); hr-7 predicts 6.0 above 5.0.
-    assert tenure["censored"] == {"n": 2, "below_bound": 1, "below_bound_share": approx(1 / 2)}
+    # No prediction here is an "at least" answer (a lower bound), so none is set apart from the point estimates.
+    assert tenure["censored"] == {
+        "n": 2,
+        "below_bound": 1,
+        "below_bound_share": approx(1 / 2),
+        "predicted_at_least": 0,
+    }
+    assert (tenure["uncensored"]["predicted_at_least"], tenure["uncensored"]["at_least_above_label"]) == (
+        0,
+        0,
+    )
 
     promo = report["tasks"]["hr"]["promotion"]["metrics"]
     # Uncensored: hr-1 |1.5-1| = 0.5; hr-8 predicts "not expected": counted, not averaged. hr-3 has no label.
-    assert promo["uncensored"] == {"n": 2, "predicted_none": 1, "mae": approx(0.5), "rmse": approx(0.5)}
+    assert promo["uncensored"] == {
+        "n": 2,
+        "predicted_none": 1,
+        "mae": approx(0.5),
+        "rmse": approx(0.5),
+        "predicted_at_least": 0,
+        "at_least_above_label": 0,
+    }
     # Censored: hr-2 "not expected" is never below; hr-7 predicts 2.0 below its bound 3.0.
-    assert promo["censored"] == {"n": 2, "below_bound": 1, "below_bound_share": approx(1 / 2)}
+    assert promo["censored"] == {
+        "n": 2,
+        "below_bound": 1,
+        "below_bound_share": approx(1 / 2),
+        "predicted_at_least": 0,
+    }
 
 
 def test_department_slices_by_hand(report):
@@ -431,3 +453,45 @@ def test_fixtures_are_valid_chat_jsonl(fixtures_dir):
     from data_prep.schema import read_jsonl
 
     assert len(list(read_jsonl(fixtures_dir / "references.jsonl"))) == 17
+
+
+def _tree(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_rerun_replaces_the_output_folder_whole(fixture_eval, tmp_path):
+    evaluate.run(fixture_eval("plots=true"))
+    out = tmp_path / "eval"
+    assert "calibration_hr.png" in _tree(out)
+    (out / "confusion_retired_task_queue.png").write_bytes(b"\x89PNG stale")  # a plot no current task draws
+    paths = evaluate.run(fixture_eval("plots=false"))
+    assert set(_tree(out)) == {"report.json", "summary.md"}  # the stale plot and the earlier ones are gone
+    assert paths == {"report": out / "report.json", "summary": out / "summary.md"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no .partial or .old left behind
+
+
+def test_a_failure_midway_leaves_the_previous_folder_byte_identical(fixture_eval, tmp_path, monkeypatch):
+    evaluate.run(fixture_eval("plots=true"))
+    out = tmp_path / "eval"
+    before = _tree(out)
+
+    def fail_after_one_plot(report, groups, folder):
+        (folder / "calibration_hr.png").write_bytes(b"half a plot")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluate, "write_plots", fail_after_one_plot)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate.run(fixture_eval("plots=true", "bootstrap.samples=20"))  # a different report
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_a_folder_holding_more_than_an_evaluation_is_refused_not_replaced(fixture_eval, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(
+        EvaluateError, match=r"holds more than an evaluation \(notes.txt\).*out_dir=<new folder>"
+    ):
+        evaluate.run(fixture_eval())
+    assert _tree(out) == {"notes.txt": b"mine"}

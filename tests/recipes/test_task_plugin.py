@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from data_prep.config import ConfigError, validate
+from data_prep.config import SALT_ENV, ConfigError, validate
 from data_prep.predictions import Prediction, write_predictions
 from data_prep.prepare import run as prepare
 from data_prep.schema import read_jsonl
@@ -54,15 +54,15 @@ def test_unknown_task_and_module_name_the_setting(tmp_path, plugin_path):
         validate(cfg)
 
 
-def test_toy_task_through_prepare_evaluate_and_baselines(tmp_path, plugin_path):
+def test_toy_task_through_prepare_evaluate_and_baselines(tmp_path, plugin_path, monkeypatch):
     data = tmp_path / "data"
+    monkeypatch.setenv(SALT_ENV, "x")
     cfg = _compose(
         "data_prep",
         "data_prep=toy",
         f"input={_words_csv(tmp_path)}",
         f"out_dir={data}",
         "task_modules=[toy_task]",
-        "pii.salt=x",
         "answer_format=json",
         "splits.train=0.5",
         "splits.validation=0",
