@@ -156,3 +156,60 @@ def _prediction_line(lineno: int, pid: str, stage: int, obj: dict) -> Prediction
     p.raw = raw if isinstance(raw, str) else None
     p.parsed = parsed if isinstance(parsed, dict) else None
     return p
+
+
+class PredictionsAppender:
+    """Append prediction lines to a JSONL file one at a time, each flushed as it is written, so a run that is
+    killed keeps every answer it wrote and a rerun can skip them (resume). The lines are `Prediction.to_json`,
+    the same format `write_predictions` writes.
+
+    Opening an existing file reads its lines into ``answered`` (keyed by ``(id, stage)``); a last line cut
+    short (a run killed while writing it) is removed, as its answer is lost anyway. Any other unreadable line
+    raises `ValueError` naming the line: a line is never dropped or asked again silently.
+
+    Args:
+        path: The predictions JSONL; its folder is created.
+        fresh: Start the file empty instead of resuming it.
+
+    Examples:
+        python -c "from data_prep.predictions import Prediction, PredictionsAppender; a = PredictionsAppender('work/p.jsonl'); a.append(Prediction('a', 'tickets', 'm', 1, 'Queue: IT Support')); a.close()"
+    """
+
+    def __init__(self, path: str | Path, fresh: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.answered: dict[tuple[str, int], Prediction] = {}
+        if self.path.exists() and not fresh:
+            self._drop_cut_line()
+            self.answered = _answered(self.path)
+        self._f = self.path.open("w" if fresh else "a", encoding="utf-8")
+
+    def _drop_cut_line(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, prediction: Prediction) -> None:
+        """Write one line and flush it to the operating system."""
+        self._f.write(prediction.to_json() + "\n")
+        self._f.flush()
+        self.answered[(prediction.id, prediction.stage)] = prediction
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> PredictionsAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _answered(path: Path) -> dict[tuple[str, int], Prediction]:
+    ok, bad = read_predictions(path)
+    problems = [f"{path}:{b.line}: {b.reason}" for b in bad]
+    problems += [f"{path}:{p.line}: {p.problem[1]}" for p in ok if p.problem]
+    if problems:
+        raise ValueError("cannot resume from unreadable lines:\n  - " + "\n  - ".join(problems))
+    return {(p.id, p.stage): Prediction(p.id, p.task, p.model, p.stage, p.raw, p.parsed) for p in ok}

@@ -7,21 +7,32 @@ a history get stage 1 only. The output JSONL (``data_prep.predictions.Prediction
 generated text (harmony final channel included) and the parsed answer.
 
 Backends: the exported Hugging Face model through transformers (CPU or GPU), or an OpenAI-compatible endpoint
-(vLLM or NIM serving the exported model).
+(vLLM or NIM serving the exported model) through the ``openai`` client: ``endpoint_client.concurrency`` requests
+in flight, each retried with exponential backoff, every answer appended to ``out`` as it comes. A rerun with the
+same ``out`` asks only for the answers not yet there (``resume=false`` starts afresh), so a failure loses at
+most the requests in flight. The API key comes only from the environment variable that
+``endpoint_client.api_key_env`` names; plain ``http://`` is refused for any host but localhost unless
+``endpoint_client.allow_insecure_http=true``.
 
 Examples:
     python -m recipes.predict model_dir=work/runs/<run>/hf input=work/data/builtin/test.jsonl out=work/pred.jsonl
     python -m recipes.predict endpoint=http://127.0.0.1:8000/v1 served_model=gpt-oss-20b-hr \\
         input=work/data/hr/test.jsonl history=work/data/hr/history.jsonl out=work/pred.jsonl
+    NIM_KEY=... python -m recipes.predict endpoint=https://nim.example.com/v1 endpoint_client.api_key_env=NIM_KEY \\
+        endpoint_client.concurrency=32 input=work/data/hr/test.jsonl out=work/pred.jsonl
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import urllib.request
+import os
+import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -29,7 +40,7 @@ from omegaconf import MISSING, DictConfig
 
 from data_prep.answers import AnswerParseError, parse_answer
 from data_prep.harmony import DEFAULT_DATE, DEFAULT_EFFORT, generation_prompt
-from data_prep.predictions import Prediction, write_predictions
+from data_prep.predictions import Prediction, PredictionsAppender, write_predictions
 from data_prep.schema import ChatExample
 from recipes.harmony_text import NoFinalChannel, final_text
 
@@ -44,6 +55,21 @@ HISTORY_LABELS = {
     "last_promotion_years_ago": "Years since last promotion",
     "recent_rating": "Most recent rating",
 }
+
+
+FINAL_HEADER = "<|channel|>final<|message|>"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass
+class EndpointClientConf:
+    timeout_s: float = 120.0  # seconds per attempt; a slower answer counts as failed and is retried
+    max_retries: int = 5  # retries per request (429, 5xx, timeouts, dropped connections); backoff 0.5 s doubling to 8 s, or the server's Retry-After
+    concurrency: int = 8  # requests in flight at once; more only helps while the server batches them
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key (unset: no key sent); never the key itself
+    allow_insecure_http: bool = (
+        False  # true: allow plain http:// to a host other than localhost (key and prompts in clear)
+    )
 
 
 @dataclass
@@ -62,6 +88,8 @@ class PredictConf:
     date: str = DEFAULT_DATE
     reasoning_effort: str = DEFAULT_EFFORT
     device: str | None = None  # cuda | cpu; default: cuda when available
+    endpoint_client: EndpointClientConf = field(default_factory=EndpointClientConf)
+    resume: bool = True  # endpoint backend: keep the answers already in out and ask only the rest; false: start out afresh
 
 
 ConfigStore.instance().store(name="predict_schema", node=PredictConf)
@@ -87,8 +115,58 @@ def validate(cfg) -> None:
         problems.append(f"history={cfg.history} does not exist")
     if not set(cfg.stages) <= {1, 2} or not cfg.stages:
         problems.append(f"stages={list(cfg.stages)}: use [1], [2] or [1, 2]")
+    if cfg.endpoint:
+        c = cfg.endpoint_client
+        problems += endpoint_problems(cfg.endpoint, c.api_key_env, c.allow_insecure_http)
+        if c.timeout_s <= 0:
+            problems.append(f"endpoint_client.timeout_s={c.timeout_s}: give a positive number of seconds")
+        if c.max_retries < 0:
+            problems.append(f"endpoint_client.max_retries={c.max_retries}: give 0 or more")
+        if c.concurrency < 1:
+            problems.append(f"endpoint_client.concurrency={c.concurrency}: give 1 or more requests in flight")
     if problems:
         raise PredictError("cannot predict:\n  - " + "\n  - ".join(problems))
+
+
+def endpoint_problems(url: str, api_key_env: str, allow_insecure_http: bool = False) -> list[str]:
+    """What is wrong with an endpoint base URL and key variable; checked before any request is sent.
+
+    The messages never repeat the key variable's value or the URL's credentials: either may be a secret.
+    """
+    problems = []
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        problems.append(
+            f"endpoint= carries credentials in the URL: remove them and export the key in ${api_key_env}"
+            if _is_env_name(api_key_env)
+            else "endpoint= carries credentials in the URL: remove them and export the key in a variable"
+        )
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"endpoint={url}: give an http(s) base URL, e.g. http://127.0.0.1:8000/v1")
+    elif parts.scheme == "http" and not _is_local(parts.hostname) and not allow_insecure_http:
+        problems.append(
+            f"endpoint={url}: plain http to {parts.hostname} would send the API key and the prompts in clear; "
+            "use https://, or endpoint_client.allow_insecure_http=true on a network you trust"
+        )
+    if not _is_env_name(api_key_env):
+        problems.append(
+            "endpoint_client.api_key_env must name an environment variable (e.g. OPENAI_API_KEY), not hold the "
+            "key itself: export the key in a variable and give its name"
+        )
+    return problems
+
+
+def _is_env_name(name) -> bool:
+    return isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None
+
+
+def _is_local(host: str) -> bool:
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def history_text(history: dict) -> str:
@@ -250,45 +328,152 @@ class TransformersGenerator:
         return [header + self.tok.decode(row, skip_special_tokens=False) for row in new]
 
 
+class EndpointReplyError(Exception):
+    """An endpoint reply without an answer (no choices); counted as a failed request."""
+
+
 class EndpointGenerator:
-    """An OpenAI-compatible chat-completions endpoint (vLLM, NIM): the server renders harmony itself and
-    returns the final channel as the message content."""
+    """An OpenAI-compatible chat-completions endpoint (vLLM, NIM) through the ``openai`` client: the server
+    renders harmony itself and returns the final channel as the message content.
+
+    The client retries 408/409/429/5xx replies, timeouts and dropped connections ``max_retries`` times with
+    exponential backoff (or the server's Retry-After); redirects are not followed, so the key goes to the
+    configured host only.
+
+    Args:
+        base_url: The endpoint's base URL, e.g. ``http://127.0.0.1:8000/v1``; plain http only to localhost
+            unless ``allow_insecure_http``.
+        model: The served model's name.
+        max_new_tokens: Generation budget per answer.
+        timeout_s: Seconds per attempt.
+        max_retries: Retries per request after the first attempt.
+        concurrency: Requests in flight at once (`__call__` and `predict_endpoint`).
+        api_key_env: The environment variable holding the API key; unset or empty: no key is sent.
+        allow_insecure_http: Allow plain http to a non-local host.
+    """
 
     def __init__(
-        self, base_url: str, model: str, max_new_tokens=256, timeout_s=120, api_key: str | None = None
+        self,
+        base_url: str,
+        model: str,
+        max_new_tokens=256,
+        timeout_s=120.0,
+        max_retries=5,
+        concurrency=8,
+        api_key_env="OPENAI_API_KEY",
+        allow_insecure_http=False,
     ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.max_new_tokens, self.timeout_s, self.api_key = (
-            model,
-            max_new_tokens,
-            timeout_s,
-            api_key,
+        problems = endpoint_problems(base_url, api_key_env, allow_insecure_http)
+        if problems:
+            raise PredictError("cannot use the endpoint:\n  - " + "\n  - ".join(problems))
+        import openai
+
+        self.model, self.max_new_tokens, self.concurrency = model, max_new_tokens, concurrency
+        self._client = openai.OpenAI(
+            base_url=base_url.rstrip("/"),
+            # An empty key sends no Authorization header; never None, or the client reads OPENAI_API_KEY itself.
+            api_key=os.environ.get(api_key_env, ""),
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(follow_redirects=False),
         )
 
+    def complete(self, messages: list[dict]) -> str:
+        """One conversation's answer, as harmony text (final channel); raises ``openai.APIError`` or
+        `EndpointReplyError` once the retries are spent."""
+        reply = self._client.chat.completions.create(
+            model=self.model,
+            messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            max_tokens=self.max_new_tokens,
+            temperature=0.0,
+        )
+        if not reply.choices:
+            raise EndpointReplyError("the reply holds no choices")
+        return FINAL_HEADER + (reply.choices[0].message.content or "") + "<|return|>"
+
     def __call__(self, conversations: list[list[dict]]) -> list[str]:
-        out = []
-        for messages in conversations:
-            body = {
-                "model": self.model,
-                "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-                "max_tokens": self.max_new_tokens,
-                "temperature": 0.0,
-            }
-            headers = {"Content-Type": "application/json"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            req = urllib.request.Request(self.url, json.dumps(body).encode(), headers)
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                reply = json.load(resp)
-            content = reply["choices"][0]["message"].get("content") or ""
-            out.append("<|channel|>final<|message|>" + content + "<|return|>")
-        return out
+        with ThreadPoolExecutor(max(1, min(self.concurrency, len(conversations)))) as pool:
+            return list(pool.map(self.complete, conversations))
+
+
+def predict_endpoint(
+    examples: list[ChatExample],
+    gen: EndpointGenerator,
+    histories: dict[str, dict],
+    model_name: str,
+    out: PredictionsAppender,
+    stages=(1, 2),
+    progress: bool = True,
+) -> list[str]:
+    """Both stages for every example with ``gen.concurrency`` requests in flight; each answer is appended to
+    ``out`` as it arrives and the answers already in ``out.answered`` are not asked again (a stored stage-1
+    answer feeds its stage 2). A request that still fails after its retries is reported, not fatal: the rest
+    go on, and a rerun asks for what is missing.
+
+    Returns:
+        One line per failed request (``<id> stage <n>: <why>``); empty when every answer arrived.
+
+    Examples:
+        python -m recipes.predict endpoint=http://127.0.0.1:8000/v1 input=<chat jsonl> out=<predictions jsonl>
+    """
+    import openai
+    from tqdm import tqdm
+
+    done = out.answered
+    failures: list[str] = []
+    pending: dict = {}  # future -> (example, stage)
+    pool = ThreadPoolExecutor(gen.concurrency)
+
+    def wants_stage2(ex: ChatExample) -> bool:
+        return 2 in stages and ex.id in histories and (ex.id, 2) not in done
+
+    def after_stage1(ex: ChatExample, raw1: str) -> None:
+        final = _final_or_none(raw1)
+        if wants_stage2(ex) and final is not None:
+            msgs = stage2_messages(ex, final, histories[ex.id])
+            pending[pool.submit(gen.complete, msgs)] = (ex, 2)
+        elif wants_stage2(ex):
+            bar.total -= 1  # no final answer at stage 1: nothing to update
+            bar.refresh()
+
+    todo1 = [ex for ex in examples if (1 in stages and (ex.id, 1) not in done) or wants_stage2(ex)]
+    bar = tqdm(
+        total=sum(1 in stages and (ex.id, 1) not in done for ex in examples)
+        + sum(map(wants_stage2, examples)),
+        desc="predict",
+        unit="answer",
+        disable=not progress,
+    )
+    try:
+        for ex in todo1:
+            if (ex.id, 1) in done:
+                after_stage1(ex, done[(ex.id, 1)].raw or "")
+            else:
+                pending[pool.submit(gen.complete, stage1_messages(ex))] = (ex, 1)
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                ex, stage = pending.pop(fut)
+                try:
+                    raw = fut.result()
+                except (openai.APIError, EndpointReplyError) as e:
+                    failures.append(f"{ex.id} stage {stage}: {type(e).__name__}: {e}")
+                    continue
+                if stage in stages:
+                    out.append(Prediction(ex.id, ex.task, model_name, stage, raw, _parse(ex.task, raw)))
+                    bar.update()
+                if stage == 1:
+                    after_stage1(ex, raw)
+    finally:
+        # On an interrupt or a bug, queued requests are dropped; those in flight finish in their threads
+        # and their answers are not written (a rerun asks for them again).
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    return failures
 
 
 def run(cfg) -> Path:
     """Predict for a config (see `PredictConf`) and write the predictions JSONL; returns its path."""
-    import os
-
     validate(cfg)
     examples = read_examples(cfg.input)[: cfg.limit]
     histories = read_histories(cfg.history, examples)
@@ -297,17 +482,51 @@ def run(cfg) -> Path:
             cfg.model_dir, cfg.max_new_tokens, cfg.device, cfg.date, cfg.reasoning_effort
         )
         name = cfg.name or Path(cfg.model_dir).name
+        lines = predict(examples, generate, histories, name, tuple(cfg.stages), cfg.batch_size)
+        write_predictions(cfg.out, lines)
+        kept = 0
     else:
-        generate = EndpointGenerator(
-            cfg.endpoint, cfg.served_model, cfg.max_new_tokens, api_key=os.environ.get("OPENAI_API_KEY")
+        c = cfg.endpoint_client
+        gen = EndpointGenerator(
+            cfg.endpoint,
+            cfg.served_model,
+            cfg.max_new_tokens,
+            timeout_s=c.timeout_s,
+            max_retries=c.max_retries,
+            concurrency=c.concurrency,
+            api_key_env=c.api_key_env,
+            allow_insecure_http=c.allow_insecure_http,
         )
         name = cfg.name or cfg.served_model
-    lines = predict(examples, generate, histories, name, tuple(cfg.stages), cfg.batch_size)
-    write_predictions(cfg.out, lines)
+        try:
+            out = PredictionsAppender(cfg.out, fresh=not cfg.resume)
+        except ValueError as e:
+            raise PredictError(
+                f"{e}\nfix or remove those lines, or start out afresh (resume=false)"
+            ) from None
+        with out:
+            others = sorted({p.model for p in out.answered.values()} - {name})
+            if others:
+                raise PredictError(
+                    f"out={cfg.out} holds answers of {others}, not of {name!r}: give another out=, or "
+                    "resume=false to start it afresh"
+                )
+            kept = len(out.answered)
+            failures = predict_endpoint(examples, gen, histories, name, out, tuple(cfg.stages))
+            lines = list(out.answered.values())
+        if failures:
+            shown = "\n  - ".join(failures[:10]) + (
+                f"\n  - ... {len(failures) - 10} more" if len(failures) > 10 else ""
+            )
+            raise PredictError(
+                f"{len(failures)} requests failed after {c.max_retries} retries each; {len(lines)} answers are "
+                f"in {cfg.out}. Rerun the same command to ask only for the missing ones:\n  - {shown}"
+            )
     s1 = sum(p.stage == 1 for p in lines)
     s2 = sum(p.stage == 2 for p in lines)
     parsed = sum(p.parsed is not None for p in lines)
-    print(f"wrote {cfg.out}: {s1} stage-1 and {s2} stage-2 answers, {parsed} of {len(lines)} parsed")
+    resumed = f" ({kept} kept from an earlier run)" if kept else ""
+    print(f"wrote {cfg.out}: {s1} stage-1 and {s2} stage-2 answers{resumed}, {parsed} of {len(lines)} parsed")
     return Path(cfg.out)
 
 
