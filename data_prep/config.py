@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from data_prep import tasks
 from data_prep.answers import FORMATS
@@ -49,10 +49,14 @@ class SourceConfig:
     system_prompt: str = MISSING
     columns: dict[str, str] = field(default_factory=dict)
     profile: dict[str, str] = field(default_factory=dict)
+    # {field or profile column: {raw: shown}}; every task applies it the same way (see `recode_maps`).
     recode: dict[str, dict[str, str]] = field(default_factory=dict)
     true_values: list[str] = field(default_factory=lambda: ["yes", "y", "true", "1", "left", "terminated"])
     false_values: list[str] = field(default_factory=lambda: ["no", "n", "false", "0", "stayed", "active"])
     pii_columns: list[str] = field(default_factory=list)
+    # Prompt columns accepted although they determine the label on the training split (the leak guard of
+    # `data_prep.inspect.label_leaks`), e.g. [EmploymentStatus]; [] refuses every such column.
+    allow_label_columns: list[str] = field(default_factory=list)
     # {column or field: strptime format}; a date column not named here has its order read from its values.
     date_formats: dict[str, str] = field(default_factory=dict)
     tenure_unit: str = "years"  # unit of actual_tenure: years, months or days
@@ -162,6 +166,72 @@ def salt_argv_problem(argv: list[str]) -> str | None:
     return None
 
 
+# The source options every task reads; any other is read by some tasks only (see `unread_options`).
+COMMON_OPTIONS = ("name", "task", "system_prompt", "columns", "recode")
+
+
+def recode_maps(src) -> dict[str, dict[str, str]]:
+    """``data_prep.recode`` as ``{field or profile column: {raw: shown}}`` with text keys and values.
+
+    The one rule for every task: a recode replaces a whole value, compared after its surrounding whitespace is
+    stripped (case matters), before the value is checked, shown or used as a label, so before duplicates,
+    grouping and splits; values it does not list are kept. An empty map recodes nothing.
+
+    Examples:
+        python -m data_prep data_prep=tickets input=../shared/data/tickets 'data_prep.recode.queue={"Returns and Exchanges": Returns}'
+    """
+    return {name: {str(k): str(v) for k, v in m.items()} for name, m in src.recode.items() if m}
+
+
+def recode_problems(src) -> list[str]:
+    """A recode entry must name a field ``data_prep.columns`` maps, or a ``data_prep.profile`` column.
+
+    Examples:
+        python -c "from data_prep.config import recode_problems, SourceConfig; print(recode_problems(SourceConfig(recode={'x': {'1': 'a'}})))"
+    """
+    mapped = {f for f, c in src.columns.items() if c}
+    fields_of = {c: f for f, c in src.columns.items() if c}
+    problems = []
+    for key in sorted(set(src.recode) - mapped - set(src.profile)):
+        hint = (
+            f"; it is the column of {fields_of[key]}: recode the field (data_prep.recode.{fields_of[key]})"
+            if key in fields_of
+            else ""
+        )
+        problems.append(
+            f"data_prep.recode.{key} names no mapped field and no data_prep.profile column, so it would recode "
+            f"nothing{hint}; recode one of {sorted(mapped) + sorted(set(src.profile))} or map the field "
+            f"(data_prep.columns.{key}=<column>)"
+        )
+    return problems
+
+
+def unread_options(src, task: str, reads: tuple[str, ...]) -> list[str]:
+    """One problem per source option set away from its default that ``task``'s source never reads.
+
+    ``reads`` names the task's own options besides `COMMON_OPTIONS`; a task calls this from its `Task.check`,
+    so an option meant for another task is refused instead of silently doing nothing.
+
+    Examples:
+        python -c "from data_prep.config import unread_options, SourceConfig; print(unread_options(SourceConfig(languages=['en']), 'rubric', ()))"
+    """
+    defaults = SourceConfig()
+    problems = []
+    for name in SourceConfig.__dataclass_fields__:
+        if name in COMMON_OPTIONS or name in reads:
+            continue
+        value, default = getattr(src, name), getattr(defaults, name)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if value != default:
+            problems.append(
+                f"data_prep.{name} does not apply to task {task}: its source reads only "
+                f"{list(COMMON_OPTIONS) + list(reads)}, so {name} would change nothing; remove it from the "
+                f"mapping (default: {name}={default!r})"
+            )
+    return problems
+
+
 def validate(cfg) -> None:
     """Check a composed config; raise one `ConfigError` listing every problem.
 
@@ -216,6 +286,7 @@ def validate(cfg) -> None:
         problems.append(
             f"data_prep.profile shows personal column(s) {leaked}; remove them from data_prep.profile"
         )
+    problems += recode_problems(src)
     if task is not None:
         problems += task.check(src)
     if problems:

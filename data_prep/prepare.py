@@ -102,6 +102,7 @@ def run(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> dict:
     fractions = {name: float(cfg.splits[name]) for name in SPLITS}
     codes = split_codes(ex.frame["group"], ex.frame["stratum"], fractions, cfg.seed)
     ex.frame["split"] = pd.Categorical.from_codes(codes, categories=SPLITS)
+    tasks.get(cfg.data_prep.task).check_split(ex, cfg)  # e.g. a prompt column that states the label
     answer_columns, answer_extra = module.answers(ex, cfg)
     for name, values in answer_columns.items():
         ex.set_column(name, values)

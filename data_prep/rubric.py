@@ -13,6 +13,11 @@ by ``group`` (a submitter) when mapped, so no submitter lands in two splits; spl
 score band (``score_bands`` equal bands of score / max_score). Submitter and record ids are written
 only as salted hashes; e-mail addresses in text become ``<email>``.
 
+``data_prep.recode`` (`data_prep.config.recode_maps`, the rule HR follows) replaces whole stripped values of a
+mapped text field (id, group, prompt, submission, feedback) before anything reads them: a recoded ``group``
+merges submitters before grouping and splits, a recoded ``id`` is hashed. It is refused for the fields in
+`NOT_RECODED`.
+
 Input: a ``.jsonl`` file (line numbers are file lines), a ``.json`` file holding one record or a list
 (line numbers are record numbers), or a folder of both. Rejected with their line number: invalid
 JSON, invalid UTF-8, a record that is not an object, a missing or non-numeric score or max_score,
@@ -34,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_prep.answers import render_answer
-from data_prep.config import pii_salt
+from data_prep.config import pii_salt, recode_maps
 from data_prep.dataset import ExampleFrame, SourceRejects, input_files
 from data_prep.table import InputError, Reject
 from data_prep.tickets import EMAIL
@@ -42,6 +47,14 @@ from data_prep.tickets import EMAIL
 TASK = "rubric"
 SUFFIXES = (".jsonl", ".json")
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")
+# Fields that `data_prep.recode` cannot apply to, and why (refused by the task's check).
+NOT_RECODED = {
+    "score": "scores are JSON numbers, which have no single text form (7, 7.0, 7e0) for a recode key to match; "
+    "fix the scores in the file",
+    "max_score": "maximum scores are JSON numbers, which have no single text form (10, 10.0) for a recode key "
+    "to match; fix them in the file",
+    "rubric_alignment": "it is a list of {question, answer, score} items, not one value",
+}
 
 
 def input_paths(cfg) -> list[str]:
@@ -114,6 +127,7 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     """
     src = cfg.data_prep
     cols = {k: v for k, v in src.columns.items() if v}
+    recode = recode_maps(src)
     salt = (pii_salt(cfg) or os.urandom(16).hex()).encode()[:64]
     rows, rejects, n_records = [], [], 0
     for path in input_paths(cfg):
@@ -123,7 +137,7 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
         sr = SourceRejects(name, list(bad))
         rejects.append(sr)
         for line, rec in records:
-            row, why = _example(rec, cols, src.score_bands)
+            row, why = _example(rec, cols, src.score_bands, recode)
             if why:
                 sr.rejects.append(Reject(line, why))
                 continue
@@ -165,7 +179,11 @@ def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, pd.Series], dict]:
     return {"assistant": pd.Series(text, index=ex.frame.index, dtype=object)}, {}
 
 
-def _example(rec: dict, cols: dict, bands: int) -> tuple[dict, str | None]:
+def _example(rec: dict, cols: dict, bands: int, recode: dict) -> tuple[dict, str | None]:
+    def text(f: str) -> str:
+        value = _text(rec.get(cols.get(f, "")))
+        return recode[f].get(value, value) if f in recode else value
+
     score, why = _number(rec.get(cols["score"]), "score")
     if why:
         return {}, why
@@ -179,8 +197,8 @@ def _example(rec: dict, cols: dict, bands: int) -> tuple[dict, str | None]:
     items = rec.get(cols.get("rubric_alignment", ""), []) or []
     if not isinstance(items, list):
         return {}, "rubric_alignment is not a list of {question, answer, score} items"
-    submission = _text(rec.get(cols.get("submission", "")))
-    prompt = _text(rec.get(cols.get("prompt", "")))
+    submission = text("submission")
+    prompt = text("prompt")
     lines, item_scores = [], []
     for k, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not _text(item.get("question")):
@@ -201,7 +219,7 @@ def _example(rec: dict, cols: dict, bands: int) -> tuple[dict, str | None]:
     if submission:
         user += f"\nSubmission:\n{submission}\n"
     user += "\nMaximum score: " + f"{max_score:.4f}".rstrip("0").rstrip(".")
-    feedback = _text(rec.get(cols.get("feedback", "")))
+    feedback = text("feedback")
     if not feedback and item_scores:
         feedback = "Per-question scores: " + ", ".join(item_scores) + "."
     band = min(int(score / max_score * bands), bands - 1)
@@ -211,8 +229,8 @@ def _example(rec: dict, cols: dict, bands: int) -> tuple[dict, str | None]:
         "score": round(score, 4),
         "max_score": round(max_score, 4),
         "feedback": EMAIL.sub("<email>", feedback),
-        "raw_group": _text(rec.get(cols.get("group", ""))),
-        "raw_id": _text(rec.get(cols.get("id", ""))),
+        "raw_group": text("group"),
+        "raw_id": text("id"),
     }, None
 
 

@@ -5,12 +5,18 @@ chooses among known queues; the manifest records the same set. E-mail addresses 
 replaced by ``<email>``. Records are grouped by their prompt for splitting, so the same ticket text
 never lands in two splits, and splits are stratified by queue.
 
+``data_prep.recode`` (`data_prep.config.recode_maps`, the rule HR follows) replaces whole stripped values of a
+mapped field before anything else reads them: ``recode.queue`` changes the label, the answer, the label set in
+the system prompt and the stratum; ``recode.priority`` and ``recode.language`` act before priorities and
+languages are lower-cased and before the ``languages`` filter. ``recode.id`` is refused (ids come from the text).
+
 Rejected with their line number: a cut-off last record (the files in ``../shared/data/tickets`` end
 with one), an empty body and subject, an empty queue, a language outside ``data_prep.languages``.
 
 Examples:
     python -m data_prep data_prep=tickets input=../shared/data/tickets
     python -m data_prep data_prep=tickets input=../shared/data/tickets 'data_prep.languages=[en,de]' answer_format=json
+    python -m data_prep data_prep=tickets input=../shared/data/tickets 'data_prep.recode.queue={"Returns and Exchanges": Returns}'
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.answers import render_answer
+from data_prep.config import recode_maps
 from data_prep.dataset import ExampleFrame, SourceRejects, input_files
 from data_prep.table import TABLE_SUFFIXES, InputError, Reject, read_table, reading_options
 
@@ -64,6 +71,9 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
         part["line"] = t.line
         parts.append(part)
     df = pd.concat(parts, ignore_index=True)
+    for f, mapping in recode_maps(src).items():
+        if f in df:
+            df[f] = df[f].map(lambda v, m=mapping: m.get(v, v))
     for f in ("priority", "language"):
         if f not in df:
             df[f] = ""

@@ -7,6 +7,7 @@ A task module defines a `Task` subclass and registers one instance of it with `r
   ``data_prep.config.validate``), plus `Task.check` for any other rule of its source mapping;
 - ``source``: the reader module (``build``, ``answers``, ``system_prompt``, ``input_paths``) that
   ``data_prep.prepare`` runs, e.g. ``data_prep.hr``;
+- `Task.check_split`: a check of the split examples before the answers are written (default: none);
 - its answer format: `Task.normalise`, `Task.parse_prose`, `Task.render_prose` (and `Task.render_json`),
   reached through ``data_prep.answers``;
 - its metric groups (`Task.groups`, built from ``data_prep.metrics``), which ``recipes.evaluate`` scores and
@@ -78,6 +79,15 @@ class Task:
     def check(self, src) -> list[str]:
         """Problems of a source mapping (``cfg.data_prep``) beyond its fields, each naming its fix."""
         return []
+
+    def check_split(self, ex, cfg) -> None:
+        """Refuse a split dataset (`data_prep.dataset.ExampleFrame` with its ``split``) that cannot be written.
+
+        Called by ``data_prep.prepare`` once the split is known and before the answers are written, e.g. to
+        refuse a prompt column that states the label (the HR task's leak guard). Raises
+        ``data_prep.config.ConfigError`` naming the setting that fixes it; the default accepts everything.
+        """
+        return None
 
     def normalise(self, answer: dict) -> dict:
         """The answer dict with canonical types, rounding and key order; raises ``AnswerParseError``."""

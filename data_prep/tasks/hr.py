@@ -42,6 +42,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.dummy import DummyRegressor
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.feature_extraction import DictVectorizer
@@ -58,7 +60,9 @@ from sklearn.preprocessing import StandardScaler
 
 from data_prep import hr
 from data_prep.answers import NUMBER, AnswerParseError, as_float, one_line
+from data_prep.fast import Coded
 from data_prep.hr import CENSORED_PREFIX, CENSORED_SUFFIX, NOT_EXPECTED
+from data_prep.inspect import LabelLeakError, label_leaks, leak_message
 from data_prep.metrics import (
     attrition_headline,
     attrition_metrics,
@@ -87,6 +91,43 @@ _AT_LEAST = re.compile(r"at\s+least|still\s+employed|>=|\u2265|\d\+", re.I)
 _REASON = re.compile(r"reasoning\s*:\s*(.*)", re.I | re.S)
 _PROFILE_LINE = re.compile(r"^\s*-\s*([^:\n]+?)\s*:\s*(.*?)\s*$", re.M)
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _prompt_columns(ex, src) -> dict[str, pd.Series]:
+    """The value of every profile line of every example, by source column (categoricals, blank "").
+
+    Read from the prompt pieces (`data_prep.fast.Coded`, one per shown column, its texts ``- Label: value``),
+    so a million prompts are never spelt out; a prompt in any other form is parsed line by line.
+    """
+    label_of = {
+        **{lab: src.columns[f] for f, lab in hr.PROFILE_LABELS.items() if src.columns.get(f)},
+        **{lab: c for c, lab in src.profile.items()},
+    }
+    out: dict[str, pd.Series] = {}
+    pieces = [p for p in ex.text["user"].parts if not isinstance(p, str)]
+    for p in pieces:
+        if not isinstance(p, Coded):
+            break
+        lines = [json.loads(f'"{t}"') for t in p.texts.to_pylist()]
+        found = [_PROFILE_LINE.match(t) for t in lines]
+        keys = {m.group(1) for m in found if m}
+        if len(keys) != 1 or any(m is None and t for m, t in zip(found, lines, strict=True)):
+            break
+        key = keys.pop()
+        if key not in label_of or label_of[key] in out:
+            break
+        values = np.array([m.group(2) if m else "" for m in found], dtype=object)
+        uniques, inverse = np.unique(values, return_inverse=True)
+        out[label_of[key]] = pd.Series(pd.Categorical.from_codes(inverse[p.codes], categories=uniques))
+    else:
+        return out
+    # Not one piece per column: spell the prompts out and read their lines.
+    rows: dict[str, list[str]] = {c: [] for c in label_of.values()}
+    for text in ex.text["user"].strings().to_pylist():
+        seen = {m.group(1): m.group(2) for m in _PROFILE_LINE.finditer(json.loads(text))}
+        for lab, c in label_of.items():
+            rows[c].append(seen.get(lab, ""))
+    return {c: pd.Series(v, dtype="category") for c, v in rows.items()}
 
 
 @dataclass
@@ -164,6 +205,26 @@ class HrTask(Task):
         if not 0 <= src.medium_risk_rate <= 1:
             problems.append(f"data_prep.medium_risk_rate={src.medium_risk_rate}; use a rate between 0 and 1")
         return problems
+
+    def check_split(self, ex, cfg) -> None:
+        """The leak guard: refuse a prompt line whose values determine attrition on the training split.
+
+        Every line of the profile (hire date, title, department, region, performance and the ``profile``
+        columns) is measured against the attrition label of the training examples with the rule of
+        `data_prep.inspect.label_leaks`; a column at NMI >= 0.9 is refused unless listed in
+        ``data_prep.allow_label_columns``.
+
+        Raises:
+            LabelLeakError: The columns, their NMI and the override that accepts them.
+        """
+        src = cfg.data_prep
+        train = np.asarray(ex.frame["split"] == "train")
+        shown = _prompt_columns(ex, src)
+        allowed = set(src.allow_label_columns)
+        columns = {c: v[train] for c, v in shown.items() if c not in allowed}
+        leaks = label_leaks(columns, ex.label["attrition"].to_numpy(dtype=bool)[train])
+        if leaks:
+            raise LabelLeakError(leak_message(leaks, "attrition, left or stayed"))
 
     # ---------------------------------------------------------------------------------------- answer format
 

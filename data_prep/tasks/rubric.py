@@ -17,6 +17,7 @@ import re
 
 from data_prep import rubric
 from data_prep.answers import NUMBER, AnswerParseError, as_float
+from data_prep.config import unread_options
 from data_prep.metrics import make_group, rubric_headline, rubric_metrics
 from data_prep.tasks import Task, register
 
@@ -26,6 +27,15 @@ class RubricTask(Task):
     fields = ("id", "group", "prompt", "submission", "rubric_alignment", "score", "max_score", "feedback")
     required = ("score", "max_score")
     source = rubric
+    options = ("score_bands",)  # the source options of data_prep.rubric besides the common ones
+
+    def check(self, src) -> list[str]:
+        problems = unread_options(src, self.name, self.options)
+        for f in sorted(set(src.recode) & set(rubric.NOT_RECODED)):
+            problems.append(f"data_prep.recode.{f} does not apply to task rubric: {rubric.NOT_RECODED[f]}")
+        if src.score_bands < 1:
+            problems.append(f"data_prep.score_bands={src.score_bands}; use a positive number of bands (5)")
+        return problems
 
     def normalise(self, answer: dict) -> dict:
         missing = [k for k in ("score", "max_score") if k not in answer]

@@ -28,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 
 from data_prep import tickets
 from data_prep.answers import AnswerParseError, one_line
+from data_prep.config import unread_options
 from data_prep.metrics import canonical, label_headline, label_metrics, make_group
 from data_prep.tasks import BaselinesError, Task, register
 
@@ -48,6 +49,19 @@ class TicketsTask(Task):
     required = ("subject", "body", "queue")
     source = tickets
     baselines = ("tfidf_logistic_regression",)
+    options = (
+        "languages",
+        "unescape_newlines",
+    )  # the source options of data_prep.tickets besides the common ones
+
+    def check(self, src) -> list[str]:
+        problems = unread_options(src, self.name, self.options)
+        if "id" in src.recode:
+            problems.append(
+                "data_prep.recode.id does not apply to task tickets: ticket ids are hashes of the ticket text and "
+                "the id column is never read; remove it"
+            )
+        return problems
 
     def normalise(self, answer: dict) -> dict:
         queue = answer.get("queue")

@@ -103,3 +103,32 @@ def test_cli_end_to_end(tmp_path):
     assert bad.returncode != 0
     assert "not in its header" in bad.stderr and "data_prep.columns" in bad.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
+def test_recode_names_a_mapped_field_or_profile_column_for_every_task():
+    # HR: a field or a profile column is accepted (shipped IBM mapping); the column of a field is refused.
+    validate(compose_cfg("data_prep=hr_ibm_attrition", "input=x"))
+    cases = {
+        "hr_ibm_attrition": (
+            "JobRole",
+            "it is the column of title: recode the field (data_prep.recode.title)",
+        ),
+        "hr_generic": ("Salary", "names no mapped field and no data_prep.profile column"),
+        "tickets": ("customer", "names no mapped field and no data_prep.profile column"),
+        "rubric": ("grade", "names no mapped field and no data_prep.profile column"),
+    }
+    for source, (key, needle) in cases.items():
+        with pytest.raises(ConfigError) as e:
+            validate(compose_cfg(f"data_prep={source}", "input=x", f"++data_prep.recode.{key}={{a: b}}"))
+        assert f"data_prep.recode.{key} " in str(e.value) and needle in str(e.value), source
+
+
+def test_options_of_another_task_are_refused_by_name():
+    for source, option in (
+        ("tickets", "data_prep.cohort=[title]"),
+        ("rubric", "++data_prep.profile.Age=Age"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            validate(compose_cfg(f"data_prep={source}", "input=x", option))
+        name = option.lstrip("+").split("=")[0].split(".")[1]
+        assert f"data_prep.{name} does not apply to task {source}" in str(e.value)

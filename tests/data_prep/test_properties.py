@@ -117,6 +117,9 @@ def test_malformed_hr_rows_are_all_accounted_for(tmp_path_factory, rows, crlf, b
     (tmp / "hr.csv").write_bytes(data)
     cfg = copy.deepcopy(_base_cfg())
     cfg.input, cfg.out_dir, cfg.answer_format = str(tmp / "hr.csv"), str(tmp / "out"), fmt
+    # A UTF-8 export with corrupted bytes: declared, since an ASCII file whose only other bytes are invalid UTF-8
+    # is detected as cp1252 (test_reading.py covers detection).
+    cfg.encoding = "utf-8"
     with mock.patch.dict(os.environ, {SALT_ENV: "s"}):
         try:
             manifest = run(cfg, log_fn=lambda _: None)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from dp_helpers import prepare, read_rejects, read_split_files
 
 from data_prep.answers import parse_answer
+from data_prep.config import ConfigError
 
 
 def _record(i, **kw):
@@ -74,3 +76,44 @@ def test_json_list_numbers_records(tmp_path):
         3: "max_score is 0; expected a positive number",
     }
     assert manifest["counts"]["written"] == 1
+
+
+def test_recode_of_group_merges_submitters_before_splits(tmp_path):
+    # Each of 20 submitters writes as "s<k>" and "s<k>-alt": recoded to one before grouping, so all of a
+    # submitter's records share a split (without the recode, some land in two). One score band: one stratum.
+    student = {i: f"s{i % 20}" + ("-alt" if i % 40 >= 20 else "") for i in range(80)}
+    lines = [json.dumps(_record(i, id=f"sub-{i}", student=student[i], score=7)) for i in range(80)]
+    p = tmp_path / "r.jsonl"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    aliases = ", ".join(f"s{k}-alt: s{k}" for k in range(20))
+    manifest, out = prepare(
+        tmp_path, "data_prep=rubric", f"input={p}", f"++data_prep.recode.group={{{aliases}}}"
+    )
+    where = {}
+    for split, exs in read_split_files(out).items():
+        for e in exs:
+            where.setdefault(student[e.meta["source_line"] - 1].removesuffix("-alt"), set()).add(split)
+    assert manifest["counts"]["written"] == 80 and len(where) == 20
+    assert all(len(v) == 1 for v in where.values())
+    assert len(set().union(*where.values())) == 3
+
+
+def test_recode_of_numbers_and_other_tasks_options_refused(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(_record(1)) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        prepare(
+            tmp_path,
+            "data_prep=rubric",
+            f"input={p}",
+            "++data_prep.recode.score={A: '10'}",
+            "++data_prep.recode.rubric_alignment={x: y}",
+            "data_prep.languages=[en]",
+            "data_prep.unescape_newlines=true",
+        )
+    msg = str(e.value)
+    assert "data_prep.recode.score does not apply to task rubric: scores are JSON numbers" in msg
+    assert "data_prep.recode.rubric_alignment does not apply to task rubric: it is a list" in msg
+    assert "data_prep.languages does not apply to task rubric" in msg
+    assert "data_prep.unescape_newlines does not apply to task rubric" in msg
+    assert not (tmp_path / "out").exists()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from dp_helpers import prepare, read_rejects, read_split_files, shared, to_csv_bytes
 
 from data_prep.answers import parse_answer
+from data_prep.config import ConfigError
 
 
 def test_real_ticket_files(tmp_path):
@@ -58,3 +60,69 @@ def test_generated_tickets_rules(tmp_path):
         4: "subject and body are both empty",
         5: "queue is empty",
     }
+
+
+def _tickets_csv(tmp_path):
+    df = pd.DataFrame(
+        {
+            "subject": ["Login", "Refund", "Invoice", "Hola"],
+            "body": ["Cannot log in", "Where is it?", "Wrong amount", "No funciona"],
+            "queue": ["IT Support", " Billing and Payments ", "Billing and Payments", "IT Support"],
+            "priority": ["1", "2", "High", "2"],
+            "language": ["English", "en", "en", "es"],
+        }
+    )
+    p = tmp_path / "t.csv"
+    p.write_bytes(to_csv_bytes(df))
+    return p
+
+
+def test_recode_changes_the_label_answer_and_label_set(tmp_path):
+    p = _tickets_csv(tmp_path)
+    manifest, out = prepare(
+        tmp_path,
+        "data_prep=tickets",
+        f"input={p}",
+        "splits.train=1",
+        "splits.test=0",
+        "splits.validation=0",
+        "++data_prep.recode.queue={Billing and Payments: Billing}",
+        "++data_prep.recode.priority.1=Urgent",
+        "++data_prep.recode.language={English: en}",
+        "data_prep.languages=[en]",
+    )
+    by_line = {e.meta["source_line"]: e for e in read_split_files(out)["train"]}
+    # Recoded after stripping, before lower-casing and before the languages filter (English -> en is kept).
+    assert sorted(by_line) == [2, 3, 4]
+    assert by_line[2].label == {"queue": "IT Support", "priority": "urgent"}
+    assert by_line[2].meta["language"] == "en"
+    assert by_line[3].label == {"queue": "Billing", "priority": "2"}
+    assert by_line[3].answer["content"] == "Queue: Billing\nPriority: 2"
+    assert by_line[4].answer["content"] == "Queue: Billing\nPriority: high"
+    assert manifest["labels"]["queue"] == ["Billing", "IT Support"]
+    assert "Billing and Payments" not in by_line[3].messages[0]["content"]
+    assert {r["line"]: r["reason"] for r in read_rejects(out)} == {
+        5: "language not in data_prep.languages ['en']"
+    }
+
+
+def test_options_that_do_not_apply_to_tickets_are_refused(tmp_path):
+    p = _tickets_csv(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        prepare(
+            tmp_path,
+            "data_prep=tickets",
+            f"input={p}",
+            "data_prep.true_values=[escalated]",
+            "++data_prep.date_formats.created=%d/%m/%Y",
+            "data_prep.score_bands=4",
+            "++data_prep.recode.id={a: b}",
+            "++data_prep.recode.Queue={x: y}",
+        )
+    msg = str(e.value)
+    for option in ("true_values", "date_formats", "score_bands"):
+        assert f"data_prep.{option} does not apply to task tickets" in msg
+    assert "data_prep.recode.id does not apply to task tickets: ticket ids are hashes" in msg
+    assert "data_prep.recode.Queue names no mapped field" in msg
+    assert "cohort" not in msg.split("data_prep.recode")[0]  # an option left at its default is not reported
+    assert not (tmp_path / "out").exists()
