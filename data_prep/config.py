@@ -178,7 +178,7 @@ def recode_maps(src) -> dict[str, dict[str, str]]:
     grouping and splits; values it does not list are kept. An empty map recodes nothing.
 
     Examples:
-        python -m data_prep data_prep=tickets input=../shared/data/tickets 'data_prep.recode.queue={"Returns and Exchanges": Returns}'
+        python -m data_prep data_prep=tickets input=../shared/data/tickets '++data_prep.recode.queue={Returns and Exchanges: Returns}'
     """
     return {name: {str(k): str(v) for k, v in m.items()} for name, m in src.recode.items() if m}
 

@@ -69,7 +69,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.config import pii_salt
+from data_prep.config import pii_salt, recode_maps
 from data_prep.dataset import ExampleFrame, SourceRejects, input_files
 from data_prep.fast import Coded, Text, coded, hash_strings, narrow_codes
 from data_prep.table import TABLE_SUFFIXES, InputError, Reject, read_table, reading_options
@@ -149,7 +149,7 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     )
     line = np.concatenate([t.line for _, t in tables]) if tables else np.zeros(0, dtype=np.int64)
     # A recode names a field, or else a profile column.
-    recode = {name: {str(k): str(v) for k, v in m.items()} for name, m in src.recode.items() if m}
+    recode = recode_maps(src)
     df = {}  # field or "profile:<column>" -> categorical Series of stripped, recoded values
     for f, c in cols.items():
         if f != ID_FIELD:
