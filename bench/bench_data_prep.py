@@ -68,31 +68,37 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
+def hr_config(csv_path, out_dir, repo: Path = REPO, *overrides: str):
+    """The composed data_prep config of the benchmark's HR file (checkout ``repo``'s conf/)."""
+    from hydra import compose, initialize_config_dir
+
+    os.environ["DATA_PREP_SALT"] = "bench"  # the salt from the environment, as older checkouts read it too
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
+        return compose(
+            "data_prep",
+            overrides=[
+                "data_prep=hr_generic",
+                f"input={csv_path}",
+                f"out_dir={out_dir}",
+                "progress=false",
+                *overrides,
+            ],
+        )
+
+
 def convert(csv_path: str, out_dir: str, answer_format: str, repo: Path = REPO) -> dict:
     """Run the conversion in this process (with the code of checkout ``repo``) and return its figures."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     sys.path.insert(0, str(repo))
     import pyarrow as pa
-    from hydra import compose, initialize_config_dir
 
     from data_prep import config as _config  # noqa: F401
     from data_prep.prepare import run
 
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    os.environ["DATA_PREP_SALT"] = "bench"  # the salt from the environment, as older checkouts read it too
-    with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
-        cfg = compose(
-            "data_prep",
-            overrides=[
-                "data_prep=hr_generic",
-                f"input={csv_path}",
-                f"out_dir={out_dir}",
-                f"answer_format={answer_format}",
-                "progress=false",
-            ],
-        )
+    cfg = hr_config(csv_path, out_dir, repo, f"answer_format={answer_format}")
     start = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_SELF)
     manifest = run(cfg, log_fn=lambda _: None)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from bench_data_prep import generate  # noqa: E402
+from bench_data_prep import generate, hr_config  # noqa: E402
 
 
 def best(fn, repeat: int):
@@ -57,23 +57,11 @@ def best(fn, repeat: int):
 
 def hr_example_frame(csv_path: Path, out_dir: Path):
     """The HR conversion up to its output lines: the example frame as `write_dataset` gets it."""
-    from hydra import compose, initialize_config_dir
-
     from data_prep import config as _config  # noqa: F401
     from data_prep import hr
     from data_prep.dataset import SPLITS, drop_duplicates, split_codes
 
-    os.environ["DATA_PREP_SALT"] = "bench"  # the salt from the environment, as older checkouts read it too
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "data_prep",
-            overrides=[
-                "data_prep=hr_generic",
-                f"input={csv_path}",
-                f"out_dir={out_dir}",
-                "progress=false",
-            ],
-        )
+    cfg = hr_config(csv_path, out_dir)
     ex, _, _, _ = hr.build(cfg)
     ex, _ = drop_duplicates(ex)
     fractions = {name: float(cfg.splits[name]) for name in SPLITS}
