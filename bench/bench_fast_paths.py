@@ -14,7 +14,10 @@ one core (Arrow and BLAS limited to one thread), and on those very inputs times,
 - the fused pieces (``Text.fused``) against joining the unfused pieces, and the page-cache hint in
   ``write_lines`` against a plain write;
 - ``read_table(arrow=True)`` (Arrow's parser plus the checks that line it up with source lines) against
-  the record-by-record ``csv`` path that gives the same table.
+  the record-by-record ``csv`` path that gives the same table;
+- ``nmi_min`` (the leak guard's normalised mutual information from one ``np.bincount`` of code pairs)
+  against ``sklearn.metrics.normalized_mutual_info_score(average_method="min")``, on the leak levels of
+  the HR task's profile columns and the attrition label of the training split (the guard's own inputs).
 
 Each row says whether both produced the same output (hash values, codes, bytes, rows and rejects).
 
@@ -210,6 +213,33 @@ def bench_csv(csv_path: Path, repeat: int) -> list:
     ]
 
 
+def bench_nmi(ex, csv_path: Path, repeat: int) -> list:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from data_prep.fast import nmi_min
+    from data_prep.inspect import leak_levels
+    from data_prep.tasks.hr import _prompt_columns
+
+    train = np.flatnonzero(np.asarray(ex.frame["split"] == "train"))
+    y = pd.factorize(ex.label["attrition"].to_numpy(dtype=bool)[train])[0]
+    shown = _prompt_columns(ex, hr_config(csv_path, csv_path.parent / "out").data_prep, train)
+    levels = [leak_levels(v) for v in shown.values()]
+
+    def library():
+        return [float(normalized_mutual_info_score(y, x, average_method="min")) for x in levels]
+
+    ours, t_ours = best(lambda: [nmi_min(y, x) for x in levels], repeat)
+    lib, t_lib = best(library, repeat)
+    return [
+        (
+            f"leak guard NMI of {len(levels)} columns: nmi_min vs sklearn normalized_mutual_info_score",
+            t_ours,
+            t_lib,
+            ours == lib,
+        )
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows in the generated HR CSV")
@@ -232,6 +262,7 @@ def main() -> None:
         results += bench_row_keys(ex, args.repeat)
         results += bench_jsonl(ex, system_prompt, work, args.repeat)
         results += bench_csv(csv_path, args.repeat)
+        results += bench_nmi(ex, csv_path, args.repeat)
     width = max(len(r[0]) for r in results)
     print(f"{'piece':<{width}}  {'ours s':>7}  {'library s':>9}  {'ratio':>6}  same output")
     for name, t_ours, t_lib, same in results:

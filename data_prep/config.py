@@ -59,7 +59,16 @@ class SourceConfig:
     allow_label_columns: list[str] = field(default_factory=list)
     # {column or field: strptime format}; a date column not named here has its order read from its values.
     date_formats: dict[str, str] = field(default_factory=dict)
+    # A share of a column's non-empty dates (0-1): when more fail its date_formats entry the run is refused;
+    # up to it, those records are rejected one by one. Higher: more tolerance of mistyped dates.
+    date_fail_share: float = 0.05
     tenure_unit: str = "years"  # unit of actual_tenure: years, months or days
+    # actual_tenure is checked against the dates wherever the end is exact: a record agrees when within
+    # tenure_tolerance_years + tenure_tolerance_share x the dates' tenure; fewer than tenure_min_agree_share
+    # of them agreeing refuses tenure_unit.
+    tenure_tolerance_years: float = 0.5  # years; higher: larger entry errors pass as agreeing
+    tenure_tolerance_share: float = 0.1  # of the dates' tenure (0.1 = 10%), added to tenure_tolerance_years
+    tenure_min_agree_share: float = 0.5  # 0-1; lower: tenure_unit refused only when fewer records agree
     as_of: str = ""
     max_tenure_years: float = 60.0
     cohort: list[str] = field(default_factory=lambda: ["department", "title"])
@@ -209,8 +218,8 @@ def recode_problems(src) -> list[str]:
 def unread_options(src, task: str, reads: tuple[str, ...]) -> list[str]:
     """One problem per source option set away from its default that ``task``'s source never reads.
 
-    ``reads`` names the task's own options besides `COMMON_OPTIONS`; a task calls this from its `Task.check`,
-    so an option meant for another task is refused instead of silently doing nothing.
+    ``reads`` names the task's own options besides `COMMON_OPTIONS` (its ``Task.options``); `validate` calls this
+    for every task, so an option meant for another task is refused instead of silently doing nothing.
 
     Examples:
         python -c "from data_prep.config import unread_options, SourceConfig; print(unread_options(SourceConfig(languages=['en']), 'rubric', ()))"
@@ -280,6 +289,7 @@ def validate(cfg) -> None:
             problems.append(
                 f"data_prep.columns must map {missing} to source columns (data_prep.columns.{missing[0]}=<column>)"
             )
+        problems += unread_options(src, task.name, task.options)
     personal = set(src.pii_columns) | {src.columns.get(k) for k in ("employee_id", "name")} - {None, ""}
     leaked = sorted(set(src.profile) & personal)
     if leaked:

@@ -24,6 +24,13 @@ library call named here.
   then pandas' C parser) plus the checks that line each row up with its source line:
   ``read_table(arrow=True)`` reads the CSV in 0.51 s against 14.81 s for Python's ``csv`` module
   record by record, 29.0x (35.4x), the same rows and rejects.
+- `nmi_min`: the leak guard's normalised mutual information (``average_method="min"``) from one
+  ``np.bincount`` of code pairs and scikit-learn's formulas, the same float to the last bit. On the guard's
+  own inputs (5 profile columns' leak levels against attrition on the training split, about 800,000 of the
+  same 1,000,000 generated rows; the script's ``nmi`` piece alone, best of 3, 2026-12-02) 0.045 s against
+  0.746 s for ``sklearn.metrics.normalized_mutual_info_score``: 16.7x. It also keeps scikit-learn out of
+  ``python -m data_prep``: importing ``sklearn.metrics`` alone costs 0.9-1.2 s of CPU and 73 MB (three
+  runs on one core, numpy, pandas, pyarrow and hydra already imported).
 
 Examples:
     python bench/bench_fast_paths.py --rows 1000000
@@ -32,6 +39,7 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -399,6 +407,67 @@ def _merge_literals(parts: list) -> list:
 def _dictionary_codes(values: pa.Array) -> np.ndarray:
     """One code per distinct string, numbered by first appearance."""
     return values.dictionary_encode().indices.to_numpy()
+
+
+def nmi_min(a: np.ndarray, b: np.ndarray) -> float:
+    """``sklearn.metrics.normalized_mutual_info_score(a, b, average_method="min")`` of two integer labelings.
+
+    The contingency table is one ``np.bincount`` of the code pairs; mutual information and entropies then
+    follow scikit-learn's formulas term for term, over the non-zero cells in the same (row-major) order,
+    so the result is the same float. Values may be any integers (negative ones included, e.g. a blank or
+    pooled level).
+
+    Examples:
+        python -c "import numpy as np; from data_prep.fast import nmi_min; print(nmi_min(np.array([0, 0, 1, 1]), np.array([5, 5, 7, -1])))"
+    """
+    a, b = _dense_codes(np.asarray(a)), _dense_codes(np.asarray(b))
+    if len(a) != len(b):
+        raise ValueError(f"labelings of {len(a)} and {len(b)} rows")
+    ka, kb = (int(x.max()) + 1 if len(x) else 0 for x in (a, b))
+    if ka == kb <= 1:
+        return 1.0  # both constant (or empty): scikit-learn's perfect match
+    table = np.bincount(a * kb + b, minlength=ka * kb).reshape(ka, kb)
+    rows, cols = np.nonzero(table)
+    cell = table[rows, cols].astype(np.float64)
+    pi = table.sum(axis=1).astype(np.float64)
+    pj = table.sum(axis=0).astype(np.float64)
+    if ka == 1 or kb == 1:
+        return 0.0
+    total = cell.sum()
+    share = cell / total
+    outer = pi[rows].astype(np.int64) * pj[cols].astype(np.int64)
+    # Scalars through math.log, arrays through np.log, as scikit-learn does: the same float to the last bit.
+    log_outer = -np.log(outer) + math.log(pi.sum()) + math.log(pj.sum())
+    mi = share * (np.log(cell) - math.log(total)) + share * log_outer
+    mi = np.where(np.abs(mi) < np.finfo(mi.dtype).eps, 0.0, mi)
+    mi = float(np.clip(mi.sum(), 0.0, None))
+    if mi == 0:
+        return 0.0
+    return mi / min(_entropy(pi), _entropy(pj))
+
+
+def _dense_codes(x: np.ndarray) -> np.ndarray:
+    """Integer codes ``0..k-1`` in the order of the values (as ``np.unique(x, return_inverse=True)``), k of
+    them all used."""
+    if x.dtype.kind not in "biu":
+        raise TypeError(f"nmi_min takes integer codes, got {x.dtype}")
+    if not len(x):
+        return x.astype(np.int64)
+    x = x.astype(np.int64) - int(x.min())
+    top = int(x.max())
+    if top >= 4 * len(x):  # a sparse range: a lookup table would dwarf the rows
+        return np.unique(x, return_inverse=True)[1].astype(np.int64)
+    used = np.bincount(x, minlength=top + 1) > 0
+    rank = np.cumsum(used) - 1
+    return rank[x]
+
+
+def _entropy(counts: np.ndarray) -> float:
+    """scikit-learn's entropy of a labeling from its (non-zero) class counts."""
+    if counts.size == 1:
+        return 0.0
+    total = counts.sum()
+    return float(-np.sum((counts / total) * (np.log(counts) - math.log(total))))
 
 
 def write_lines(path: Path, lines: Text, rows: np.ndarray, nbytes: np.ndarray) -> str:

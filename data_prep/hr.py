@@ -12,8 +12,9 @@ Labels (``ChatExample.label``), stated so an evaluator can score them honestly:
   ``as_of - hire_date`` for an employee still employed. ``tenure_censored`` is true when the employee had
   not left: the value is then a lower bound, and the answer says "at least X years (still employed)"
   (JSON ``tenure_censored: true``), never an expected tenure. With both hire dates and ``actual_tenure``,
-  the records with an exact end (a termination date, or a set ``as_of``) are compared: when more than
-  half disagree by more than 0.5 years + 10%, the run is refused naming the ``tenure_unit`` that fits.
+  the records with an exact end (a termination date, or a set ``as_of``) are compared: when fewer than
+  ``tenure_min_agree_share`` (half) agree within ``tenure_tolerance_years`` + ``tenure_tolerance_share`` x the
+  dates' tenure (0.5 years + 10%), the run is refused naming the ``tenure_unit`` that fits.
 - ``promotion_years``: years from hire to the recorded ``promotion_date``
   (``promotion_censored=false``). Without a promotion date it is the observed window (hire to
   termination or ``as_of``; hire plus ``actual_tenure`` when that is mapped) and
@@ -29,8 +30,8 @@ Dates: ``date_formats`` maps a date column (or field) to its strptime format. A 
 its order read from its values: ``Y-M-D`` is unambiguous; for ``A/B/Y`` (``/``, ``.`` or ``-``, 2- or
 4-digit years) a value with ``A > 12`` settles day-first and ``B > 12`` month-first. A column holding both,
 or whose values fit both with nothing to settle it, is refused naming ``data_prep.date_formats.<column>``
-and an example line; so is a configured format that fails for more than 5% of a column's rows. The
-manifest's ``date_formats`` records the format(s) used per column and what chose them.
+and an example line; so is a configured format that fails for more than ``date_fail_share`` (5%) of a
+column's rows. The manifest's ``date_formats`` records the format(s) used per column and what chose them.
 
 Duplicates (`data_prep.dataset.drop_duplicates`): a record is a duplicate only of one with the same
 employee id (without an id, the same text in every source column) and the same example; distinct people
@@ -78,11 +79,6 @@ TASK = "hr"
 STRATA = ("left", "stayed", "unknown")  # the label a record states; unknown: unreadable
 # Divisor from the unit of ``actual_tenure`` (data_prep.tenure_unit) to years.
 TENURE_UNITS = {"years": 1.0, "months": 12.0, "days": 365.25}
-# A recorded tenure agrees with the dates when within 0.5 years + 10% of the dates' tenure; when more than
-# half of the records with an exact end disagree, the unit is refused.
-TENURE_TOLERANCE_YEARS, TENURE_TOLERANCE_SHARE = 0.5, 0.1
-# A configured date format that fails for more than this share of a column's non-empty values is refused.
-DATE_FAIL_SHARE = 0.05
 NOT_EXPECTED = "not expected"  # the answer when no promotion is expected (JSON null)
 # A censored tenure (still employed) is a lower bound, never the expected tenure: prose
 # "Expected Tenure: at least 3.1 years (still employed)", JSON "tenure_censored": true.
@@ -188,7 +184,9 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
     for f in DATE_FIELDS:
         if f in df:
             fmt = src.date_formats.get(cols[f]) or src.date_formats.get(f) or None
-            parsed[f], date_info[cols[f]] = _parse_date_column(df[f], cols[f], fmt, source, line)
+            parsed[f], date_info[cols[f]] = _parse_date_column(
+                df[f], cols[f], fmt, source, line, src.date_fail_share
+            )
             dates[f] = pd.Series(parsed[f][df[f].cat.codes.to_numpy()])
             bad = ~_is(df[f], "") & dates[f].isna().to_numpy()
             setting = f"data_prep.date_formats.{cols[f]}={fmt or '<format>'}"
@@ -282,7 +280,12 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             # rejected by its tenure alone.
             days = np.round(tenure * DAYS_PER_YEAR)
             usable = np.isfinite(days) & (days >= 0) & (days <= pd.Timedelta.max.days)
-            window = pd.Series(pd.to_timedelta(np.where(usable, days, np.nan), unit="D"), index=hire.index)
+            # Whole days in nanoseconds, NaT where unusable: pd.to_timedelta(days, unit="D") without its
+            # per-value float path (86,400e9 ns x at most 106,751 days stays within 64 bits).
+            ns = np.where(usable, days, 0).astype(np.int64)
+            ns *= 86_400 * 10**9
+            ns[~usable] = np.iinfo(np.int64).min
+            window = pd.Series(ns.view("m8[ns]"), index=hire.index)
             end = hire.where(hire <= pd.Timestamp.max - window) + window
         promo = dates["promotion_date"]
         reject((promo < hire).to_numpy(), "promotion_date before hire_date")
@@ -518,14 +521,22 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
 _DATE = r"^(\d{1,4})([-/.])(\d{1,2})\2(\d{1,4})$"
 
 
-def _parse_date_column(values: pd.Series, column: str, fmt: str | None, source: pd.Series, line: np.ndarray):
+def _parse_date_column(
+    values: pd.Series,
+    column: str,
+    fmt: str | None,
+    source: pd.Series,
+    line: np.ndarray,
+    fail_share: float,
+):
     """Parse one date column (categorical) once per distinct value; return (datetime64 per category, info).
 
-    With ``fmt`` (``data_prep.date_formats.<column>``) every value is read with it; more than
-    `DATE_FAIL_SHARE` of the non-empty rows failing is refused. Without, the order is read from the values:
-    ``Y-M-D`` is unambiguous, and for ``A/B/Y`` a value with ``A > 12`` settles day-first, ``B > 12``
-    month-first. Both orders in one column, or values that fit both with nothing to settle it, are refused
-    with the setting that fixes it and an example line. Values in neither form are left NaT (rejected).
+    With ``fmt`` (``data_prep.date_formats.<column>``) every value is read with it; more than ``fail_share``
+    (``data_prep.date_fail_share``) of the non-empty rows failing is refused.
+    Without, the order is read from the values: ``Y-M-D`` is unambiguous, and for ``A/B/Y`` a value with
+    ``A > 12`` settles day-first, ``B > 12`` month-first. Both orders in one column, or values that fit both
+    with nothing to settle it, are refused with the setting that fixes it and an example line. Values in
+    neither form are left NaT (rejected).
     """
     cats = pd.Series(np.asarray(values.cat.categories, dtype=object), dtype=object)
     rows = np.bincount(values.cat.codes.to_numpy(), minlength=len(cats))
@@ -539,11 +550,13 @@ def _parse_date_column(values: pd.Series, column: str, fmt: str | None, source: 
     if fmt:
         parsed = pd.to_datetime(cats, format=fmt, errors="coerce").to_numpy()
         fail = nonempty & pd.isna(parsed)
-        if rows[fail].sum() > DATE_FAIL_SHARE * max(rows[nonempty].sum(), 1):
+        if rows[fail].sum() > fail_share * max(rows[nonempty].sum(), 1):
             raise InputError(
                 f"{column}: {rows[fail].sum()} of {rows[nonempty].sum()} dates do not fit "
-                f"data_prep.date_formats.{column}={fmt} (e.g. {example(fail)}); set the format the column uses, "
-                f"or data_prep.date_formats.{column}='' to infer it from the values"
+                f"data_prep.date_formats.{column}={fmt} (e.g. {example(fail)}), more than "
+                f"data_prep.date_fail_share={fail_share:g} allows; set the format the column uses, "
+                f"data_prep.date_formats.{column}='' to infer it from the values, or raise data_prep.date_fail_share "
+                "to reject the rows that do not fit one by one"
             )
         return parsed, {"formats": [fmt], "set_by": f"data_prep.date_formats.{column}"}
     m = cats.str.extract(_DATE)
@@ -608,7 +621,8 @@ def _check_tenure_unit(recorded: np.ndarray, from_dates: np.ndarray, rows: np.nd
     """Compare the recorded tenure (in years, after ``tenure_unit``) with the dates where the end is exact.
 
     Raises:
-        InputError: More than half of those records disagree beyond the tolerance; names the unit that fits.
+        InputError: Fewer than ``tenure_min_agree_share`` of those records agree within the tolerance; names the
+            unit that fits.
     """
     r, d = recorded[rows], from_dates[rows]
     keep = np.isfinite(r) & np.isfinite(d)
@@ -616,17 +630,21 @@ def _check_tenure_unit(recorded: np.ndarray, from_dates: np.ndarray, rows: np.nd
     if not len(r):
         return {"unit": src.tenure_unit, "compared": 0}
 
+    years, per_year, need = src.tenure_tolerance_years, src.tenure_tolerance_share, src.tenure_min_agree_share
+
     def agree(scale: float) -> float:
-        return float(np.mean(np.abs(r * scale - d) <= TENURE_TOLERANCE_YEARS + TENURE_TOLERANCE_SHARE * d))
+        return float(np.mean(np.abs(r * scale - d) <= years + per_year * d))
 
     share = agree(1.0)
-    if share < 0.5:
+    if share < need:
         fits = {u: agree(TENURE_UNITS[src.tenure_unit] / k) for u, k in TENURE_UNITS.items()}
         best = max(fits, key=fits.get)
-        hint = f"data_prep.tenure_unit={best} fits {fits[best]:.0%}" if fits[best] >= 0.5 else "no unit fits"
+        hint = f"data_prep.tenure_unit={best} fits {fits[best]:.0%}" if fits[best] >= need else "no unit fits"
         raise InputError(
-            f"actual_tenure read in {src.tenure_unit} (data_prep.tenure_unit={src.tenure_unit}) disagrees with "
-            f"hire and termination dates in {1 - share:.0%} of {len(r)} records with an exact end; {hint}. "
+            f"actual_tenure read in {src.tenure_unit} (data_prep.tenure_unit={src.tenure_unit}) agrees with "
+            f"hire and termination dates in {share:.0%} of {len(r)} records with an exact end, fewer than "
+            f"data_prep.tenure_min_agree_share={need:g} (agreeing: within data_prep.tenure_tolerance_years="
+            f"{years:g} + data_prep.tenure_tolerance_share={per_year:g} x the dates' tenure); {hint}. "
             "Set data_prep.tenure_unit, or check the mapping of actual_tenure and the dates"
         )
     return {"unit": src.tenure_unit, "compared": len(r), "agree_share": round(share, 4)}

@@ -5,6 +5,9 @@ A task module defines a `Task` subclass and registers one instance of it with `r
 - ``name``: what ``data_prep.task`` and every example's ``task`` field say;
 - ``fields`` / ``required``: the source fields ``data_prep.columns`` may / must map (checked by
   ``data_prep.config.validate``), plus `Task.check` for any other rule of its source mapping;
+- ``options``: the other source options (``data_prep.<option>``) its reader reads; any option outside them and
+  ``data_prep.config.COMMON_OPTIONS`` that a mapping sets is refused by name (``data_prep.config.validate``), so
+  an option meant for another task never silently does nothing;
 - ``source``: the reader module (``build``, ``answers``, ``system_prompt``, ``input_paths``) that
   ``data_prep.prepare`` runs, e.g. ``data_prep.hr``;
 - `Task.check_split`: a check of the split examples before the answers are written (default: none);
@@ -65,6 +68,8 @@ class Task:
         name: The task name (``data_prep.task``, ``ChatExample.task``).
         fields: Source fields ``data_prep.columns`` may map.
         required: Fields it must map.
+        options: Source options its reader reads besides ``data_prep.config.COMMON_OPTIONS``; any other one set
+            away from its default is refused by name.
         source: Reader module with ``build(cfg)``, ``answers(ex, cfg)``, ``system_prompt(ex, cfg)`` and
             ``input_paths(cfg)``; None when ``python -m data_prep`` cannot build this task.
         baselines: Names of the classical baselines ``recipes.baselines`` can fit for this task.
@@ -73,6 +78,7 @@ class Task:
     name: str = ""
     fields: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
     source: ModuleType | None = None
     baselines: tuple[str, ...] = ()
 

@@ -51,25 +51,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.dummy import DummyRegressor
-from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
-from sklearn.feature_extraction import DictVectorizer
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from data_prep import hr
 from data_prep.answers import NUMBER, AnswerParseError, as_float, one_line
 from data_prep.fast import Coded
 from data_prep.hr import CENSORED_PREFIX, CENSORED_SUFFIX, NOT_EXPECTED
 from data_prep.inspect import LabelLeakError, label_leaks, leak_message
-from data_prep.metrics import (
-    attrition_headline,
-    attrition_metrics,
-    duration_headline,
-    duration_metrics,
-    make_group,
-)
 from data_prep.schema import ChatExample
 from data_prep.table import read_table
 from data_prep.tasks import BaselinesError, Task, register
@@ -93,18 +80,20 @@ _PROFILE_LINE = re.compile(r"^\s*-\s*([^:\n]+?)\s*:\s*(.*?)\s*$", re.M)
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def _prompt_columns(ex, src) -> dict[str, pd.Series]:
-    """The value of every profile line of every example, by source column (categoricals, blank "").
+def _prompt_columns(ex, src, rows: np.ndarray | None = None) -> dict[str, pd.Series]:
+    """The value of every profile line of the examples ``rows`` (all by default), by source column
+    (categoricals, blank "").
 
     Read from the prompt pieces (`data_prep.fast.Coded`, one per shown column, its texts ``- Label: value``),
     so a million prompts are never spelt out; a prompt in any other form is parsed line by line.
     """
+    user = ex.text["user"] if rows is None else ex.text["user"].take(rows)
     label_of = {
         **{lab: src.columns[f] for f, lab in hr.PROFILE_LABELS.items() if src.columns.get(f)},
         **{lab: c for c, lab in src.profile.items()},
     }
     out: dict[str, pd.Series] = {}
-    pieces = [p for p in ex.text["user"].parts if not isinstance(p, str)]
+    pieces = [p for p in user.parts if not isinstance(p, str)]
     for p in pieces:
         if not isinstance(p, Coded):
             break
@@ -123,7 +112,7 @@ def _prompt_columns(ex, src) -> dict[str, pd.Series]:
         return out
     # Not one piece per column: spell the prompts out and read their lines.
     rows: dict[str, list[str]] = {c: [] for c in label_of.values()}
-    for text in ex.text["user"].strings().to_pylist():
+    for text in user.strings().to_pylist():
         seen = {m.group(1): m.group(2) for m in _PROFILE_LINE.finditer(json.loads(text))}
         for lab, c in label_of.items():
             rows[c].append(seen.get(lab, ""))
@@ -167,6 +156,24 @@ class HrTask(Task):
         "attrition",
     )
     required = ("title", "department")
+    options = (
+        "profile",
+        "true_values",
+        "false_values",
+        "pii_columns",
+        "allow_label_columns",
+        "date_formats",
+        "date_fail_share",
+        "tenure_unit",
+        "tenure_tolerance_years",
+        "tenure_tolerance_share",
+        "tenure_min_agree_share",
+        "as_of",
+        "max_tenure_years",
+        "cohort",
+        "min_cohort",
+        "medium_risk_rate",
+    )
     source = hr
     baselines = ("logistic_regression", "gradient_boosting")
 
@@ -204,6 +211,18 @@ class HrTask(Task):
             problems.append(f"data_prep.min_cohort={src.min_cohort}; use a positive number of employees")
         if not 0 <= src.medium_risk_rate <= 1:
             problems.append(f"data_prep.medium_risk_rate={src.medium_risk_rate}; use a rate between 0 and 1")
+        if not 0 <= src.date_fail_share <= 1:
+            problems.append(f"data_prep.date_fail_share={src.date_fail_share}; use a share between 0 and 1")
+        for name, what in (
+            ("tenure_tolerance_years", "number of years"),
+            ("tenure_tolerance_share", "share of the dates' tenure"),
+        ):
+            if not getattr(src, name) >= 0:
+                problems.append(f"data_prep.{name}={getattr(src, name)}; use a non-negative {what}")
+        if not 0 < src.tenure_min_agree_share <= 1:
+            problems.append(
+                f"data_prep.tenure_min_agree_share={src.tenure_min_agree_share}; use a share above 0, at most 1"
+            )
         return problems
 
     def check_split(self, ex, cfg) -> None:
@@ -218,10 +237,10 @@ class HrTask(Task):
             LabelLeakError: The columns, their NMI and the override that accepts them.
         """
         src = cfg.data_prep
-        train = np.asarray(ex.frame["split"] == "train")
-        shown = _prompt_columns(ex, src)
+        train = np.flatnonzero(np.asarray(ex.frame["split"] == "train"))
+        shown = _prompt_columns(ex, src, train)
         allowed = set(src.allow_label_columns)
-        columns = {c: v[train] for c, v in shown.items() if c not in allowed}
+        columns = {c: v for c, v in shown.items() if c not in allowed}
         leaks = label_leaks(columns, ex.label["attrition"].to_numpy(dtype=bool)[train])
         if leaks:
             raise LabelLeakError(leak_message(leaks, "attrition, left or stayed"))
@@ -336,6 +355,15 @@ class HrTask(Task):
     # ------------------------------------------------------------------------------------------------ metrics
 
     def groups(self, scored: list, cfg) -> list:
+        # scikit-learn behind the metrics: imported by the evaluator only, never by python -m data_prep.
+        from data_prep.metrics import (
+            attrition_headline,
+            attrition_metrics,
+            duration_headline,
+            duration_metrics,
+            make_group,
+        )
+
         thr, bins = float(cfg.attrition_threshold), int(cfg.calibration_bins)
         by_risk = cfg.attrition_decision == "risk"
         rows = [r for r in scored if r[0].label.get("attrition") is not None]
@@ -518,8 +546,14 @@ class SourceColumns:
         return self.rows[int(line)]
 
 
-def _pipelines(name: str, cfg) -> tuple[Pipeline, Pipeline]:
-    """(classifier, regressor) of one HR baseline."""
+def _pipelines(name: str, cfg):
+    """(classifier, regressor) of one HR baseline: scikit-learn pipelines."""
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if name == "logistic_regression":
         clf = make_pipeline(
             DictVectorizer(sparse=False),
@@ -537,8 +571,10 @@ def _risk(p: float, bands) -> str:
     return "high" if p >= bands[1] else "medium" if p >= bands[0] else "low"
 
 
-def _fit_duration(reg: Pipeline, feats: list[dict], train: list[ChatExample], key: str):
-    """Fit on the uncensored labels of ``key``; None when fewer than two exist."""
+def _fit_duration(reg, feats: list[dict], train: list[ChatExample], key: str):
+    """Fit the pipeline ``reg`` on the uncensored labels of ``key``; None when fewer than two exist."""
+    from sklearn.dummy import DummyRegressor
+
     rows = [
         (f, float(ex.label[key]))
         for f, ex in zip(feats, train, strict=True)
@@ -554,6 +590,8 @@ def _fit_duration(reg: Pipeline, feats: list[dict], train: list[ChatExample], ke
 
 
 def _predict_duration(model, feats: list[dict]) -> np.ndarray:
+    from sklearn.dummy import DummyRegressor
+
     if isinstance(model, DummyRegressor):
         return model.predict(np.zeros((len(feats), 1)))
     return np.clip(model.predict(feats), 0.0, None)

@@ -17,8 +17,6 @@ import re
 
 from data_prep import rubric
 from data_prep.answers import NUMBER, AnswerParseError, as_float
-from data_prep.config import unread_options
-from data_prep.metrics import make_group, rubric_headline, rubric_metrics
 from data_prep.tasks import Task, register
 
 
@@ -27,10 +25,10 @@ class RubricTask(Task):
     fields = ("id", "group", "prompt", "submission", "rubric_alignment", "score", "max_score", "feedback")
     required = ("score", "max_score")
     source = rubric
-    options = ("score_bands",)  # the source options of data_prep.rubric besides the common ones
+    options = ("score_bands",)
 
     def check(self, src) -> list[str]:
-        problems = unread_options(src, self.name, self.options)
+        problems = []
         for f in sorted(set(src.recode) & set(rubric.NOT_RECODED)):
             problems.append(f"data_prep.recode.{f} does not apply to task rubric: {rubric.NOT_RECODED[f]}")
         if src.score_bands < 1:
@@ -74,6 +72,9 @@ class RubricTask(Task):
         }
 
     def groups(self, scored: list, cfg) -> list:
+        # scikit-learn behind the metrics: imported by the evaluator only, never by python -m data_prep.
+        from data_prep.metrics import make_group, rubric_headline, rubric_metrics
+
         rows = [r for r in scored if r[0].label.get("score") is not None and r[0].label.get("max_score")]
         g = make_group(
             self.name,

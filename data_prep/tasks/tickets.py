@@ -22,14 +22,9 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 
 from data_prep import tickets
 from data_prep.answers import AnswerParseError, one_line
-from data_prep.config import unread_options
-from data_prep.metrics import canonical, label_headline, label_metrics, make_group
 from data_prep.tasks import BaselinesError, Task, register
 
 
@@ -49,13 +44,10 @@ class TicketsTask(Task):
     required = ("subject", "body", "queue")
     source = tickets
     baselines = ("tfidf_logistic_regression",)
-    options = (
-        "languages",
-        "unescape_newlines",
-    )  # the source options of data_prep.tickets besides the common ones
+    options = ("languages", "unescape_newlines")
 
     def check(self, src) -> list[str]:
-        problems = unread_options(src, self.name, self.options)
+        problems = []
         if "id" in src.recode:
             problems.append(
                 "data_prep.recode.id does not apply to task tickets: ticket ids are hashes of the ticket text and "
@@ -88,6 +80,9 @@ class TicketsTask(Task):
         return {"queue": q.group(1), "priority": p.group(1) if p else None}
 
     def groups(self, scored: list, cfg) -> list:
+        # scikit-learn behind the metrics: imported by the evaluator only, never by python -m data_prep.
+        from data_prep.metrics import canonical, label_headline, label_metrics, make_group
+
         out = []
         for name in ("queue", "priority"):
             rows = [r for r in scored if r[0].label.get(name) is not None]
@@ -134,6 +129,9 @@ class TicketsTask(Task):
         Examples:
             python -m recipes.baselines data_dir=work/data/tickets
         """
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
 
         def text(ex):
             return "\n".join(m["content"] for m in ex.messages if m.get("role") == "user")

@@ -126,9 +126,91 @@ def test_recode_names_a_mapped_field_or_profile_column_for_every_task():
 def test_options_of_another_task_are_refused_by_name():
     for source, option in (
         ("tickets", "data_prep.cohort=[title]"),
+        ("tickets", "data_prep.date_fail_share=0.1"),
         ("rubric", "++data_prep.profile.Age=Age"),
+        ("rubric", "data_prep.tenure_tolerance_years=1"),
+        ("hr_generic", "data_prep.languages=[en]"),
+        ("hr_ibm_attrition", "data_prep.unescape_newlines=true"),
+        ("hr_hrdataset_v14", "data_prep.score_bands=3"),
     ):
         with pytest.raises(ConfigError) as e:
             validate(compose_cfg(f"data_prep={source}", "input=x", option))
         name = option.lstrip("+").split("=")[0].split(".")[1]
-        assert f"data_prep.{name} does not apply to task {source}" in str(e.value)
+        task = "hr" if source.startswith("hr_") else source
+        # Reported once, naming the option, the task and what its source reads.
+        assert (
+            str(e.value).count(f"data_prep.{name} does not apply to task {task}: its source reads only") == 1
+        )
+
+
+def test_every_option_an_hr_mapping_sets_is_read_by_hr():
+    # All of HR's own options away from their defaults at once: none is refused as unread.
+    validate(
+        compose_cfg(
+            "data_prep=hr_generic",
+            "input=x",
+            "++data_prep.profile.Age=Age",
+            "data_prep.true_values=[y]",
+            "data_prep.false_values=[n]",
+            "data_prep.pii_columns=[name]",
+            "data_prep.allow_label_columns=[Age]",
+            "+data_prep.date_formats.hire_date=%d/%m/%Y",
+            "data_prep.date_fail_share=0.1",
+            "data_prep.tenure_unit=months",
+            "data_prep.tenure_tolerance_years=1",
+            "data_prep.tenure_tolerance_share=0.2",
+            "data_prep.tenure_min_agree_share=0.6",
+            "data_prep.as_of=2020-01-01",
+            "data_prep.max_tenure_years=50",
+            "data_prep.cohort=[department]",
+            "data_prep.min_cohort=5",
+            "data_prep.medium_risk_rate=0.3",
+        )
+    )
+
+
+def test_hr_tolerance_settings_are_checked():
+    cfg = compose_cfg(
+        "data_prep=hr_generic",
+        "input=x",
+        "data_prep.date_fail_share=1.5",
+        "data_prep.tenure_tolerance_years=-1",
+        "data_prep.tenure_tolerance_share=-0.1",
+        "data_prep.tenure_min_agree_share=0",
+    )
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    msg = str(e.value)
+    for needle in (
+        "data_prep.date_fail_share=1.5; use a share between 0 and 1",
+        "data_prep.tenure_tolerance_years=-1.0; use a non-negative number of years",
+        "data_prep.tenure_tolerance_share=-0.1; use a non-negative share of the dates' tenure",
+        "data_prep.tenure_min_agree_share=0.0; use a share above 0, at most 1",
+    ):
+        assert needle in msg, needle
+
+
+def test_a_conversion_never_imports_scikit_learn(tmp_path):
+    """``python -m data_prep`` leaves scikit-learn alone (a second and 73 MB to import): the leak guard's NMI
+    is `data_prep.fast.nmi_min`, and the tasks import their metrics and baselines where those are used."""
+    p = tmp_path / "hr.csv"
+    p.write_bytes(to_csv_bytes(hr_rows(50)))
+    # The CLI's own entry point, then the modules it left loaded.
+    code = (
+        "import runpy, sys\n"
+        "runpy.run_module('data_prep', run_name='__main__')\n"
+        "print('loaded:', sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), SALT_ENV: "test-salt"}
+    r = subprocess.run(
+        [sys.executable, "-c", code, "data_prep=hr_generic", f"input={p}", f"out_dir={tmp_path / 'out'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "50 records -> 50 written" in r.stdout
+    loaded = r.stdout.splitlines()[-1]
+    assert loaded.startswith("loaded:") and "sklearn" not in loaded, loaded

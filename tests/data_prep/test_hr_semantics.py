@@ -209,3 +209,55 @@ def test_tenure_in_months_read_as_years_is_refused_naming_the_unit(tmp_path):
     assert manifest["counts"]["written"] == 40 and manifest["tenure_unit_check"]["agree_share"] == 1.0
     labels = [e.label for s in read_split_files(out).values() for e in s]
     assert all(math.isfinite(x["tenure_years"]) and x["tenure_years"] < 17 for x in labels)
+
+
+def test_date_fail_share_is_a_setting_named_in_the_refusal(tmp_path):
+    # 16 of 28 day-first dates fail %m/%d/%Y: 57%, refused at the default share (5%) and named.
+    rows = "".join(f"E{d},{d:02d}/01/2015,,Analyst,Sales,,no\n" for d in range(1, 29))
+    fmt = "+data_prep.date_formats.hire_date=%m/%d/%Y"
+    with pytest.raises(InputError, match=r"more than data_prep.date_fail_share=0.05 allows") as e:
+        _run(tmp_path / "a", HEAD + rows, fmt)
+    assert "raise data_prep.date_fail_share" in str(e.value)
+    # Allowed up to 60%: the run goes on and each failing record is rejected with its value.
+    manifest, written, rejects = _run(tmp_path / "b", HEAD + rows, fmt, "data_prep.date_fail_share=0.6")
+    assert sorted(written) == list(range(2, 14)) and sorted(rejects) == list(range(14, 30))
+    assert rejects[14].startswith("hire_date '13/01/2015' is not a date (read as %m/%d/%Y")
+    assert manifest["counts"]["written"] + manifest["counts"]["rejected"] == 28
+
+
+def _tenure_rows(agree: int, disagree: int) -> str:
+    # Leavers hired 2015-01-01 and gone 2016-01-01 (0.999 years by the dates); the recorded tenure is 1.0
+    # (agrees) or 1.8 years (0.8 off: beyond 0.5 years + 10% of 0.999).
+    return "".join(
+        f"E{i},2015-01-01,2016-01-01,Analyst,Sales,{1.0 if i < agree else 1.8},yes\n"
+        for i in range(agree + disagree)
+    )
+
+
+def test_tenure_tolerance_is_a_setting_named_in_the_refusal(tmp_path):
+    text = HEAD + _tenure_rows(0, 20)
+    with pytest.raises(InputError) as e:
+        _run(tmp_path / "a", text)
+    msg = str(e.value)
+    assert "agrees with hire and termination dates in 0% of 20 records" in msg
+    for setting in (
+        "data_prep.tenure_min_agree_share=0.5",
+        "data_prep.tenure_tolerance_years=0.5",
+        "data_prep.tenure_tolerance_share=0.1",
+    ):
+        assert setting in msg, setting
+    # Within a year of the dates: every record agrees, the recorded tenure is the label.
+    manifest, written, _ = _run(tmp_path / "b", text, "data_prep.tenure_tolerance_years=1.0")
+    assert manifest["tenure_unit_check"] == {"unit": "years", "compared": 20, "agree_share": 1.0}
+    assert {e.label["tenure_years"] for e in written.values()} == {1.8}
+    # 20% of the dates' tenure on top of 0.5 years still leaves 0.8 years off: refused.
+    with pytest.raises(InputError, match="in 0% of 20 records"):
+        _run(tmp_path / "c", text, "data_prep.tenure_tolerance_share=0.2")
+
+
+def test_tenure_min_agree_share_is_a_setting(tmp_path):
+    text = HEAD + _tenure_rows(8, 12)  # 40% agree
+    with pytest.raises(InputError, match=r"in 40% of 20 records with an exact end, fewer than "):
+        _run(tmp_path / "a", text)
+    manifest, written, _ = _run(tmp_path / "b", text, "data_prep.tenure_min_agree_share=0.4")
+    assert manifest["tenure_unit_check"]["agree_share"] == 0.4 and len(written) == 20
