@@ -1,7 +1,9 @@
-"""Peak host memory of making a NeMo gpt-oss model from an MXFP4 checkpoint: ours against stock NeMo's.
+"""Peak host memory of importing and exporting gpt-oss: ours against stock NeMo's and the whole-model path.
 
-Writes synthetic MXFP4 checkpoints with the real gpt-oss-20b names, dtypes and shapes (random values) and
-k layers, then runs, each in its own process so each peak RSS is its own, side by side in one invocation:
+Writes synthetic MXFP4 checkpoints with the real gpt-oss-20b (or, ``--model 120b``, gpt-oss-120b) names, dtypes
+and shapes (random values) and k layers, then runs, each in its own process so each peak is its own (VmHWM of
+the measured process, read from /proc/self/status: ``ru_maxrss`` would inherit the parent's peak across
+exec), side by side in one invocation. Imports:
 
 - ``stock``: NeMo 2.7.3's ``HFGPTOSSImporter.apply`` (reads and dequantises the whole checkpoint, then
   builds the model and saves a NeMo checkpoint);
@@ -12,6 +14,15 @@ k layers, then runs, each in its own process so each peak RSS is its own, side b
 - ``ours-model``: a trainable model without an intermediate checkpoint: the model built as training builds
   it, filled by ``convert.import_hf.load_hf_weights``.
 
+Exports, of the bf16 NeMo checkpoint that ``ours-ckpt`` writes (made once per k, not measured by these modes):
+
+- ``export-stock``: NeMo 2.7.3's ``HFGPTOSSExporter.apply`` (loads the model, converts the state dict, builds a
+  transformers model and saves it);
+- ``export-whole``: ``GptOssHFExporter.apply``, the same whole-model structure with a faithful config;
+- ``export-dense``: ``convert.export_hf.export_hf``, streaming, BF16 (the source's dtype);
+- ``export-mxfp4``: the same with ``fmt="mxfp4"``: experts equal to the source's are copied byte for byte, and
+  the parent then checks every output tensor against the source, byte for byte.
+
 All build the model in bf16. Each mode runs for its own list of k (``--run MODE:K,K``). The summary gives,
 per k, the peak RSS of every mode with its wall time, then per mode the slope in GiB per added layer (a
 least-squares line through its measured points), and stock's figure at every k where ours was measured:
@@ -20,6 +31,8 @@ several GiB per 20b layer: on a small shared machine give it small k only.
 
 Examples:
     python bench/bench_import_memory.py --run stock:1,2 ours-ckpt:2,4,8 ours-model:2,4
+    python bench/bench_import_memory.py --run export-whole:1 export-dense:1,2,4,8 export-mxfp4:1,2,4,8
+    python bench/bench_import_memory.py --model 120b --run export-dense:1,2 export-mxfp4:1,2
 """
 
 from __future__ import annotations
@@ -42,16 +55,18 @@ CONFIGS = ROOT.parent / "shared" / "data" / "gpt-oss"
 BF16 = ("params_dtype", "pipeline_dtype", "autocast_dtype")
 
 
-def write_synthetic(folder: Path, k: int) -> Path:
-    """An MXFP4 checkpoint of gpt-oss-20b cut to ``k`` layers: one safetensors file per layer plus one for
-    embeddings, final norm and head, an index, the real config (``num_hidden_layers=k``) and tokenizer."""
+def write_synthetic(folder: Path, k: int, model: str = "20b") -> Path:
+    """An MXFP4 checkpoint of gpt-oss-``model`` cut to ``k`` layers: one safetensors file per layer plus one
+    for embeddings, final norm and head, an index, the real config (``num_hidden_layers=k``) and tokenizer."""
     import torch
     from safetensors.torch import save_file
 
-    from convert.gpt_oss import expected_hf_shapes
+    from convert.gpt_oss import expected_hf_shapes, load_hf_config
+    from convert.mxfp4 import NOT_QUANTIZED
 
-    cfg = json.loads((CONFIGS / "configs" / "gpt-oss-20b" / "config.json").read_text())
+    cfg = load_hf_config(CONFIGS / "configs" / f"gpt-oss-{model}")
     cfg["num_hidden_layers"], cfg["layer_types"] = k, cfg["layer_types"][:k]
+    cfg["quantization_config"] = {"modules_to_not_convert": NOT_QUANTIZED, "quant_method": "mxfp4"}
     shapes = expected_hf_shapes(cfg, quantized=True)
     g = torch.Generator().manual_seed(0)
     groups: dict[str, dict] = {}
@@ -151,17 +166,62 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
         trainer = importer.nemo_setup(model)
         load_hf_weights(model.module, str(ckpt), importer.config)
         teardown(trainer, model)
+    elif mode == "export-stock":
+        import nemo.collections.llm.gpt.model.gpt_oss as stock
+
+        from compat import cpu
+
+        cpu.enable()
+        stock.HFGPTOSSExporter.trust_remote_code = False  # read by its init, never set by its apply
+        stock.HFGPTOSSExporter(str(ckpt)).apply(out)
+    elif mode == "export-whole":
+        from convert.checkpoint import GptOssHFExporter
+
+        GptOssHFExporter(str(ckpt)).apply(out)
+    elif mode in ("export-dense", "export-mxfp4"):
+        from convert.export_hf import export_hf
+
+        export_hf(ckpt, out, verify=False, fmt=mode.removeprefix("export-"))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     seconds = time.perf_counter() - t0
-    # Linux reports KiB. Children: the largest forked checkpoint writer, if any (its RSS counts the pages it
-    # shares with this process, so it is not added to ours).
-    peak, children = (
-        resource.getrusage(who).ru_maxrss * 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
+    # This process's own peak (the kernel's high-water mark of its address space since exec).
+    peak = own_peak_bytes()
+    # Children: the largest forked checkpoint writer, if any (its RSS counts the pages it shares with this
+    # process, so it is not added to ours). Linux reports ru_maxrss in KiB.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(
         json.dumps({"peak_rss_gib": peak / 2**30, "children_rss_gib": children / 2**30, "seconds": seconds})
     )
+
+
+def own_peak_bytes() -> int:
+    """VmHWM of this process: its resident high-water mark since exec (ru_maxrss also counts the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+
+
+def same_bytes(source: Path, exported: Path) -> tuple[bool, list[str]]:
+    """Whether every tensor of ``exported`` equals the source's tensor of that name byte for byte (one tensor
+    in memory at a time), and the names that differ or are missing on either side."""
+    import torch
+    from safetensors import safe_open
+
+    from convert.gpt_oss import checkpoint_files, read_header
+
+    def where(folder):
+        return {k: f for f in checkpoint_files(folder) for k in read_header(f)}
+
+    a, b = where(source), where(exported)
+    bad = sorted(set(a) ^ set(b))
+    for name in sorted(set(a) & set(b)):
+        with safe_open(str(a[name]), "pt") as fa, safe_open(str(b[name]), "pt") as fb:
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+            if x.dtype != y.dtype or not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+                bad.append(name)
+    return not bad, bad
 
 
 def run(mode: str, ckpt: Path, out: Path) -> dict:
@@ -180,7 +240,9 @@ def run(mode: str, ckpt: Path, out: Path) -> dict:
     return result
 
 
-MODES = ("stock", "ours-ckpt", "ours-ckpt-memory", "ours-model")
+IMPORTS = ("stock", "ours-ckpt", "ours-ckpt-memory", "ours-model")
+EXPORTS = ("export-stock", "export-whole", "export-dense", "export-mxfp4")
+MODES = IMPORTS + EXPORTS
 
 
 def parse_runs(specs: list[str]) -> dict[str, list[int]]:
@@ -204,19 +266,21 @@ def line(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     return slope, mv - slope * mk
 
 
-def summary(rows: list[dict], runs: dict[str, list[int]]) -> str:
-    """The measurements as a table, per-layer slopes and stock's ratio to ours (measured or extrapolated)."""
+def summary(rows: list[dict], runs: dict[str, list[int]], model: str, layers: int) -> str:
+    """The measurements as a table, per-layer slopes, the projection to the whole model, and the ratio of the
+    reference path (stock for imports, the whole-model export for exports) to ours at every measured k."""
     peaks = {(r["mode"], r["k"]): r for r in rows if "peak_rss_gib" in r}
     modes = [m for m in MODES if m in runs]
     ks = sorted({r["k"] for r in rows})
     sizes = {r["k"]: r for r in rows}
     out = [
-        "Peak resident memory (RSS, GiB) and wall time of each import, one process per cell; synthetic",
-        "gpt-oss-20b MXFP4 checkpoints cut to k layers (real names, shapes, dtypes; model built in bf16).",
+        "Peak resident memory (VmHWM of the measured process, GiB) and wall time, one process per cell;",
+        f"synthetic gpt-oss-{model} MXFP4 checkpoints cut to k layers (real names, shapes, dtypes; model in bf16).",
         "'on disk': the MXFP4 checkpoint; 'bf16 model': the weights an in-memory model holds (parameter count x 2 bytes).",
-        "stock: NeMo's HFGPTOSSImporter.apply; ours-ckpt: import_hf, streaming (model on the meta device, each",
-        "tensor read when the writer writes it); ours-ckpt-memory: import_hf(streaming=False), model built in memory",
-        "and saved by NeMo; ours-model: a trainable model filled by load_hf_weights, no checkpoint written.",
+        "Imports: stock = NeMo's HFGPTOSSImporter.apply; ours-ckpt = import_hf, streaming; ours-ckpt-memory =",
+        "import_hf(streaming=False); ours-model = a trainable model filled by load_hf_weights, no checkpoint.",
+        "Exports of the bf16 NeMo import: export-stock = NeMo's HFGPTOSSExporter.apply; export-whole =",
+        "GptOssHFExporter.apply (whole model); export-dense / export-mxfp4 = export_hf, streaming.",
         "",
         f"{'k':>2} {'on disk':>8} {'bf16 model':>10}" + "".join(f" {m:>18}" for m in modes),
     ]
@@ -234,7 +298,13 @@ def summary(rows: list[dict], runs: dict[str, list[int]]) -> str:
             f"{k:>2} {sizes[k]['checkpoint_gib']:8.2f} {sizes[k]['model_gib']:10.2f}"
             + "".join(f" {c:>18}" for c in cells)
         )
-    out += ["", "Per added layer (least squares over the measured k):"]
+    checked = [r for r in rows if "identical_to_source" in r]
+    if checked:
+        out += ["", "MXFP4 export without training vs the MXFP4 source, every tensor byte for byte:"]
+        for r in checked:
+            verdict = "identical" if r["identical_to_source"] else f"DIFFERENT: {r['differing'][:4]}"
+            out.append(f"  k = {r['k']}: {verdict}")
+    out += ["", f"Per added layer (least squares over the measured k) and projected at all {layers} layers:"]
     fits = {}
     for m in modes:
         points = [(k, peaks[(m, k)]["peak_rss_gib"]) for k in runs[m] if (m, k) in peaks]
@@ -244,24 +314,31 @@ def summary(rows: list[dict], runs: dict[str, list[int]]) -> str:
         else:
             slope, icpt = fits[m]
             out.append(
-                f"  {m:<17} {slope:+.3f} GiB/layer, {icpt:.2f} GiB at k = 0 (k = {', '.join(str(k) for k, _ in points)})"
+                f"  {m:<17} {slope:+.3f} GiB/layer, {icpt:.2f} GiB at k = 0 (k = "
+                f"{', '.join(str(k) for k, _ in points)}); {slope * layers + icpt:.1f} GiB at k = {layers}"
             )
-    ours = [m for m in modes if m != "stock"]
-    if "stock" in modes and ours:
-        out += ["", "Stock / ours (stock measured, or 'ext.': extrapolated along stock's line):"]
+    for reference, ours in (
+        ("stock", IMPORTS[1:]),
+        ("export-whole", EXPORTS[2:]),
+        ("export-stock", EXPORTS[2:]),
+    ):
+        ours = [m for m in ours if m in modes]
+        if reference not in modes or not ours:
+            continue
+        out += ["", f"{reference} / ours ({reference} measured, or 'ext.': extrapolated along its line):"]
         for m in ours:
             for k in runs[m]:
                 if (m, k) not in peaks:
                     continue
-                if ("stock", k) in peaks:
-                    stock, label = peaks[("stock", k)]["peak_rss_gib"], "measured"
-                elif fits["stock"] is not None:
-                    stock, label = fits["stock"][0] * k + fits["stock"][1], "ext."
+                if (reference, k) in peaks:
+                    ref, label = peaks[(reference, k)]["peak_rss_gib"], "measured"
+                elif fits[reference] is not None:
+                    ref, label = fits[reference][0] * k + fits[reference][1], "ext."
                 else:
                     continue
                 ours_gib = peaks[(m, k)]["peak_rss_gib"]
                 out.append(
-                    f"  k = {k}: stock {stock:6.2f} GiB ({label:>8}) / {m} {ours_gib:5.2f} GiB = {stock / ours_gib:4.1f}x"
+                    f"  k = {k}: {reference} {ref:6.2f} GiB ({label:>8}) / {m} {ours_gib:5.2f} GiB = {ref / ours_gib:4.1f}x"
                 )
     return "\n".join(out)
 
@@ -274,6 +351,9 @@ def main() -> None:
         default=["stock:1,2", "ours-ckpt:1,2", "ours-model:1,2"],
         help="MODE:K[,K...] for each mode to run, MODE one of " + ", ".join(MODES),
     )
+    parser.add_argument(
+        "--model", choices=["20b", "120b"], default="20b", help="whose shapes the layers take"
+    )
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
@@ -283,27 +363,36 @@ def main() -> None:
         child(args.child, Path(args.ckpt), Path(args.out))
         return
     if not (CONFIGS / "configs" / "gpt-oss-20b" / "config.json").exists():
-        sys.exit(f"needs the real gpt-oss-20b config and tokenizer under {CONFIGS}")
-    from convert.gpt_oss import count_parameters
+        sys.exit(f"needs the real gpt-oss configs and tokenizer under {CONFIGS}")
+    from convert.gpt_oss import count_parameters, load_hf_config
 
     runs = parse_runs(args.run)
+    layers = load_hf_config(CONFIGS / "configs" / f"gpt-oss-{args.model}")["num_hidden_layers"]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-import-"))
     rows = []
     for k in sorted({k for ks in runs.values() for k in ks}):
         ckpt = work / f"mxfp4-{k}"
         if not ckpt.exists():
-            write_synthetic(ckpt, k)
+            write_synthetic(ckpt, k, args.model)
         disk = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**30
         model = count_parameters(ckpt) * 2 / 2**30  # bf16
+        nemo = work / f"nemo-{k}"
+        if any(k in runs.get(m, ()) for m in EXPORTS) and not nemo.exists():
+            made = run("ours-ckpt", ckpt, nemo)  # the bf16 import the exports read; not a measured cell
+            if "error" in made:
+                sys.exit(f"the import for the exports failed:\n{made['error']}")
         for mode in (m for m in MODES if k in runs.get(m, ())):
             out = work / f"{mode}-{k}"
             shutil.rmtree(out, ignore_errors=True)
-            r = run(mode, ckpt, out)
+            r = run(mode, nemo if mode in EXPORTS else ckpt, out)
+            if mode == "export-mxfp4" and "error" not in r:
+                r["identical_to_source"], r["differing"] = same_bytes(ckpt, out)
             shutil.rmtree(out, ignore_errors=True)
             rows.append({"k": k, "mode": mode, "checkpoint_gib": disk, "model_gib": model, **r})
             print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(ckpt, ignore_errors=True)
-    print("\n" + summary(rows, runs))
+        shutil.rmtree(nemo, ignore_errors=True)
+    print("\n" + summary(rows, runs, args.model, layers))
 
 
 if __name__ == "__main__":

@@ -67,11 +67,10 @@ _ADAPTER_KEY = re.compile(
 
 
 def merged_export_fix(lora: str | Path) -> str:
-    """The commands that export any LoRA checkpoint exactly: merge into the base weights, then export."""
+    """The command that exports any LoRA checkpoint exactly: the Hugging Face export, adapters merged."""
     return (
-        f"python -m convert.merge_lora --lora {lora} --out <merged nemo folder>, then "
-        "python -m convert.export_hf --nemo <merged nemo folder> --out <hf folder> "
-        "(make finetune does both at the end of a run)"
+        f"python -m convert.export_hf --nemo {lora} --out <hf folder> (it merges the adapters into the "
+        "weights as it writes them; make finetune does it at the end of a run)"
     )
 
 
@@ -118,7 +117,9 @@ def inspect_lora(path: str | Path) -> LoraCheckpoint:
     if backend != "torch_dist":
         raise ConversionError(
             f"{path} was saved with the {backend!r} checkpoint format; only torch_dist (NeMo 2's default) is "
-            f"read here. Export it merged instead: {merged_export_fix(path)}"
+            "read here. Merge it through NeMo's own loader, which reads any format: python -m convert.merge_lora "
+            f"--no-streaming --lora {path} --out <merged>, then python -m convert.export_hf --nemo <merged> "
+            "--out <hf folder>"
         )
     transform, config = _context(path)
     kind = type(transform).__name__
@@ -130,7 +131,8 @@ def inspect_lora(path: str | Path) -> LoraCheckpoint:
                 if kind == "DoRA"
                 else "only NeMo's LoRA (one fused adapter per linear_qkv) is mapped"
             )
-            + f". Export it merged instead: {merged_export_fix(path)}"
+            + "; neither this exporter nor the merged export (convert.export_hf, which merges LoRA pairs only) "
+            "writes it: train with peft=lora or peft=lora_experts"
         )
     problems = _target_problems(transform)
     keys, dtypes, key_problems = _adapter_keys(path, transform, config)

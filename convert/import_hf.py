@@ -25,7 +25,7 @@ from nemo.lightning import io, teardown
 
 from compat import cpu
 from convert import verify as verification
-from convert.checkpoint import is_complete, publishing
+from convert.checkpoint import is_complete, publishing, record_source
 from convert.gpt_oss import (
     ConversionError,
     HFTensors,
@@ -284,6 +284,7 @@ def import_hf(
         connector.streaming = streaming
         connector.apply(tmp)
         connector.on_import_ckpt(GPTOSSModel(connector.config, tokenizer=connector.tokenizer))
+        record_source(tmp, hf_path)
         if verify:
             verification.enforce(
                 verification.verify(hf_path, tmp),

@@ -91,18 +91,23 @@ def hf_logits(hf_dir: str | Path, input_ids: torch.Tensor, hidden: list | None =
 
 @torch.no_grad()
 def nemo_logits(nemo_dir: str | Path, input_ids: torch.Tensor, hidden: list | None = None, state=None):
-    """fp32 logits of a NeMo checkpoint; ``hidden`` as in `hf_logits`; ``state`` (a dict) receives the
-    megatron state dict in HF names and layout (for the expert orientation check)."""
+    """fp32 logits of a NeMo checkpoint (a LoRA checkpoint: its base plus the adapters, as trained); ``hidden``
+    as in `hf_logits`; ``state`` (a dict) receives the model's weights in HF names and layout (for the expert
+    orientation check), LoRA deltas merged."""
     from nemo.lightning import teardown
 
-    from convert.checkpoint import GptOssHFExporter
+    from convert.checkpoint import GptOssHFExporter, TrainedTensors, restore_lora
+    from convert.gpt_oss import McoreNames, mcore_to_hf
 
-    exporter = GptOssHFExporter(str(nemo_dir))
-    model, trainer = exporter.load()
+    if (Path(nemo_dir) / "weights" / "adapter_metadata.json").exists():
+        model, trainer, _ = restore_lora(Path(nemo_dir))
+    else:
+        model, trainer = GptOssHFExporter(str(nemo_dir)).load()
     handles = _record(model.module.decoder.layers, hidden) if hidden is not None else []
     try:
         if state is not None:
-            state.update(exporter.hf_state_dict(model))
+            trained = TrainedTensors(nemo_dir)
+            state.update(mcore_to_hf(trained, trained.config, McoreNames([])))
         logits = forward(model, input_ids)
     finally:
         for h in handles:

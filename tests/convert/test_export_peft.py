@@ -183,7 +183,7 @@ def test_expert_adapters_are_refused_before_anything_is_written(
         export_peft(run["checkpoint"], out, base=tiny_hf)
     msg = str(e.value)
     assert "experts" in msg and "fused 3-D parameters" in msg and "not nn.Linear" in msg
-    assert "python -m convert.merge_lora" in msg and "python -m convert.export_hf" in msg
+    assert f"python -m convert.export_hf --nemo {run['checkpoint']}" in msg
     assert not out.exists() and not out.with_name("adapter.partial").exists()
 
 
@@ -205,11 +205,11 @@ def test_other_adapter_kinds_are_refused(lora_run, tmp_path, monkeypatch):
 
     transform, config = ep._context(Path(lora_run["checkpoint"]))
     monkeypatch.setattr(ep, "_context", lambda path: (DoRA(), config))
-    with pytest.raises(ConversionError, match=r"trained with DoRA.*merge_lora"):
+    with pytest.raises(ConversionError, match=r"trained with DoRA.*neither.*peft=lora"):
         inspect_lora(lora_run["checkpoint"])
     transform.target_modules = ["*.layers.0.*.linear_qkv"]
     monkeypatch.setattr(ep, "_context", lambda path: (transform, config))
-    with pytest.raises(ConversionError, match=r"(?s)not mapped.*merge_lora"):
+    with pytest.raises(ConversionError, match=r"(?s)not mapped.*python -m convert\.export_hf --nemo"):
         inspect_lora(lora_run["checkpoint"])
 
 

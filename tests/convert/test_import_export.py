@@ -3,84 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 import torch
 
 from convert import verify
-from convert.checkpoint import GptOssHFExporter, is_complete
+from convert.checkpoint import is_complete
 from convert.export_hf import export_hf
 from convert.gpt_oss import ConversionError, HFTensors, check_hf_checkpoint
 from convert.import_hf import GptOssHFImporter, import_hf
-from convert.tiny import REPO
 
 # ---------------------------------------------------------------------------------------- atomic writes
 
 
-def test_export_killed_midway_leaves_no_output(tiny_nemo, tmp_path):
-    """A real interruption: the exporting process is killed (SIGKILL) after it has started writing weights."""
-    out = tmp_path / "hf"
-    started = tmp_path / "writing"
-    script = textwrap.dedent(
-        f"""
-        import time
-        from pathlib import Path
-        import transformers.modeling_utils as mu
-        from convert.export_hf import export_hf
-
-        real = mu.safe_save_file
-        def slow_save(*args, **kwargs):
-            real(*args, **kwargs)
-            Path({str(started)!r}).touch()
-            time.sleep(300)
-        mu.safe_save_file = slow_save
-        export_hf({str(tiny_nemo)!r}, {str(out)!r}, verify=False)
-        """
-    )
-    # The fixtures' in-process NeMo runs hold a rendezvous port and leave it in os.environ: use another.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not started.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"export never reached the weight write (exit code {proc.poll()})")
-            time.sleep(0.2)
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    partial = out.with_name(out.name + ".partial")
-    assert any(partial.glob("*.safetensors"))  # it was killed while writing ...
-    assert not out.exists()  # ... and nothing is published under the requested name
-    # transformers does not take the folder for a checkpoint either, and the next export replaces it.
-    exported = export_hf(tiny_nemo, out, verify=False)
-    assert exported == out and (out / "config.json").exists() and not partial.exists()
-
-
-def test_export_interrupted_in_process_cleans_up(tiny_nemo, tmp_path, monkeypatch):
-    real_apply = GptOssHFExporter.apply
-
-    def apply_then_interrupt(self, output_path):
-        real_apply(self, output_path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(GptOssHFExporter, "apply", apply_then_interrupt)
-    out = tmp_path / "hf"
-    with pytest.raises(KeyboardInterrupt):
-        export_hf(tiny_nemo, out, verify=False)
-    assert not out.exists() and not out.with_name("hf.partial").exists()
+# The export's interruption tests (in-process and SIGKILL) are in test_export_streaming.py.
 
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "in-memory"])
@@ -111,7 +48,7 @@ def test_incomplete_checkpoints_are_not_taken_for_complete(tiny_hf, tiny_nemo, t
     broken = shutil.copytree(tiny_nemo, tmp_path / "broken")
     (broken / "weights" / "metadata.json").unlink()
     assert not is_complete(broken)
-    with pytest.raises(FileNotFoundError, match="incomplete NeMo checkpoint.*write it again"):
+    with pytest.raises(FileNotFoundError, match="incomplete NeMo checkpoint.*import again"):
         export_hf(broken, tmp_path / "hf")
     with pytest.raises(ConversionError, match="not a complete NeMo checkpoint; re-run with --overwrite"):
         import_hf(tiny_hf, broken)
