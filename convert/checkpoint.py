@@ -1,8 +1,10 @@
 """NeMo gpt-oss checkpoints as the converters read and publish them.
 
-- `GptOssHFExporter`: NeMo's ``hf`` exporter of ``GPTOSSModel``, registered here (so ``llm.export_ckpt`` uses
-  it): loads a checkpoint on the host and gives its weights in Hugging Face names and layout, with the whole
-  config mapped back (stock NeMo writes 20b defaults for every field but layers and experts).
+- `GptOssHFExporter`: NeMo's ``hf`` exporter of ``GPTOSSModel`` with a faithful config, whole model in memory:
+  loads a checkpoint on the host and gives its weights in Hugging Face names and layout, with the whole
+  config mapped back (stock NeMo writes 20b defaults for every field but layers and experts). The registered
+  ``hf`` exporter (``llm.export_ckpt``) is its streaming subclass in `convert.export_hf`; this one loads models
+  for the checks and is the reference the streaming export is tested against.
 - `restore_lora`: a LoRA checkpoint as trained (its base plus the adapters, unmerged), the way NeMo's own
   merge restores it.
 - `is_complete` / `require_complete`: whether a folder is a finished NeMo checkpoint.
@@ -29,7 +31,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSModel, HFGPTOSSExporter
+from nemo.collections.llm.gpt.model.gpt_oss import HFGPTOSSExporter
 from nemo.lightning import io, teardown
 
 from compat import cpu
@@ -115,9 +117,8 @@ def publishing(out: Path, overwrite: bool = True) -> Iterator[Path]:
     tmp.rename(out)
 
 
-@io.model_exporter(GPTOSSModel, "hf")
 class GptOssHFExporter(HFGPTOSSExporter):
-    """NeMo's ``hf`` exporter for gpt-oss with a faithful config and expert layout."""
+    """NeMo's ``hf`` exporter for gpt-oss with a faithful config and expert layout (whole model in memory)."""
 
     # Stock ``init`` reads this attribute, which its ``apply`` never sets (AttributeError).
     trust_remote_code = False

@@ -35,10 +35,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSModel
+from nemo.lightning import io
 
 from convert import mxfp4
 from convert import verify as verification
-from convert.checkpoint import TrainedTensors, find_source, publishing
+from convert.checkpoint import GptOssHFExporter, TrainedTensors, find_source, publishing
 from convert.gpt_oss import (
     ARCHITECTURE,
     WEIGHT_MAP,
@@ -328,7 +330,8 @@ def _side_files(trained: TrainedTensors, out: Path, fmt: str, dtype: torch.dtype
 
 
 def preflight(out: Path, nbytes: int) -> None:
-    """Refuse an export whose weights would not fit in the free space of ``out``'s file system."""
+    """Refuse an output of ``nbytes`` (computed from the shapes) that would not fit in the free space of
+    ``out``'s file system, naming both figures."""
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
@@ -339,7 +342,7 @@ def preflight(out: Path, nbytes: int) -> None:
     need = nbytes + 64 * 2**20  # headers, config and tokenizer files
     if need > free:
         raise ConversionError(
-            f"the export needs {need / 2**30:.2f} GiB and {parent} has {free / 2**30:.2f} GiB free; free some "
+            f"the output needs {need / 2**30:.2f} GiB and {parent} has {free / 2**30:.2f} GiB free; free some "
             "space, or write elsewhere (--out), or choose a smaller format (--format mxfp4, --dtype bfloat16)"
         )
 
@@ -454,6 +457,14 @@ def _write_weights(trained, units, folder: Path, fmt, dtype, source, report, max
     if len(shards) > 1:
         index = {"metadata": {"total_size": report.bytes}, "weight_map": dict(sorted(weight_map.items()))}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+@io.model_exporter(GPTOSSModel, "hf")
+class StreamingHFExporter(GptOssHFExporter):
+    """NeMo's ``hf`` exporter of gpt-oss, so ``llm.export_ckpt(path, target="hf")`` streams too (`export_hf`)."""
+
+    def apply(self, output_path: Path) -> Path:
+        return export_hf(Path(str(self)), Path(output_path), dtype=self.dtype, overwrite=True)
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ def _stream_merge(lora_ckpt: Path, out: Path) -> None:
 
     from compat import cpu
     from convert.checkpoint import TrainedTensors, _context
+    from convert.export_hf import preflight
     from convert.gpt_oss import ConversionError
     from convert.import_hf import GptOssHFImporter, _configured_on_meta
     from convert.streaming_save import use_streaming_save
@@ -73,6 +74,7 @@ def _stream_merge(lora_ckpt: Path, out: Path) -> None:
         names = [k for k in model.module.state_dict() if not k.endswith("_extra_state")]
         targets = {f"module.{k}": v for k, v in model.module.state_dict().items() if k in names}
         sources = {f"module.{k}": (lambda k=k: trained.read(k)) for k in names}
+        preflight(out, sum(t.numel() * t.element_size() for t in targets.values()))
         use_streaming_save(trainer.strategy, sources, targets)
         connector.nemo_save(out, trainer)
     finally:

@@ -280,6 +280,16 @@ def test_too_little_disk_is_refused_with_both_figures(tiny_nemo, tmp_path, monke
     assert not any(tmp_path.iterdir())
 
 
+def test_merge_with_too_little_disk_is_refused(lora_experts_run, tmp_path, monkeypatch):
+    from convert.merge_lora import merge_lora
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(ConversionError, match=r"needs 0\.\d\d GiB and .* has 0\.00 GiB free"):
+        merge_lora(lora_experts_run, tmp_path / "merged")
+    assert not any(tmp_path.iterdir())
+
+
 def test_interrupted_export_leaves_the_previous_output(tiny_nemo, tmp_path, monkeypatch):
     out = export_hf(tiny_nemo, tmp_path / "hf", verify=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -463,3 +473,14 @@ def test_merge_killed_midway_leaves_the_previous_output(lora_experts_run, tmp_pa
             proc.kill()
     assert any(out.with_name("merged.partial").rglob("*.distcp"))  # killed while writing weights ...
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_nemo_export_api_streams(tiny_nemo, tmp_path):
+    """``llm.export_ckpt(..., target="hf")`` uses the registered exporter: this streaming one."""
+    from nemo.collections import llm
+
+    import convert.export_hf  # noqa: F401  (registers it)
+
+    out = llm.export_ckpt(path=tiny_nemo, target="hf", output_path=tmp_path / "hf")
+    assert (Path(out) / "export_report.json").exists()
+    assert_bitwise_equal(tensors(out), tensors(export_hf(tiny_nemo, tmp_path / "cli", verify=False)))
