@@ -6,7 +6,8 @@ Two kinds of measures, each with the upstream file:line it addresses. Every one 
 `compat` is imported):
 
 - `CONFIG`: model-config values that avoid CUDA-only code paths; the recipes apply them to the model config.
-- `enable()`: small runtime patches for code that assumes a CUDA device even when nothing needs one.
+- `enable()`: small runtime patches for code that assumes a CUDA device even when nothing needs one, and the
+  two measures tensor parallelism needs without Transformer Engine (`_tensor_parallel_without_te`).
 
 Examples:
     python -c "import compat.cpu as c; c.enable(); print(c.CONFIG)"
@@ -206,6 +207,84 @@ def _patch_megatron() -> None:
     tracker_cls.fork = fork
     tracker_cls.add = lambda self, name, seed: self.states_.__setitem__(name, seed)
     mrandom.model_parallel_cuda_manual_seed = lambda *a, **k: torch.manual_seed(a[0] if a else 0)
+
+    _tensor_parallel_without_te()
+
+
+class SequenceParallelRMSNorm:
+    """megatron-core's ``WrappedTorchNorm`` for RMSNorm, with sequence parallelism: ``torch.nn.RMSNorm`` whose
+    weight carries ``sequence_parallel`` (as megatron's fused norms set it, fusions/fused_layer_norm.py:119).
+
+    ``WrappedTorchNorm`` refuses sequence parallelism (transformer/torch_norm.py:32), and megatron-core requires
+    it for MoE with TP > 1 (transformer/moe/moe_layer.py:266). RMSNorm works per token, so a sequence shard is
+    normalised exactly; the weight's gradient is then partial on each TP rank, and the flag makes
+    ``finalize_model_grads`` (distributed/finalize_model_grads.py:346) sum it over the TP group. Every other
+    configuration goes to ``WrappedTorchNorm`` with its own checks. Same parameter names as upstream.
+    """
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **kwargs):
+        from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+        if (
+            config.normalization != "RMSNorm"
+            or not config.sequence_parallel
+            or config.layernorm_zero_centered_gamma
+            or config.persist_layer_norm
+            or config.memory_efficient_layer_norm
+        ):
+            return WrappedTorchNorm(config, hidden_size, eps=eps, **kwargs)
+        norm = torch.nn.RMSNorm(normalized_shape=hidden_size, eps=eps)
+        norm.weight.sequence_parallel = True
+        return norm
+
+
+def _tensor_parallel_without_te() -> None:
+    """Tensor parallelism (TP > 1, so sequence parallel with MoE) on the local, Transformer-Engine-free modules.
+
+    - The norms: the layers' two norms through the layer spec (NeMo's ``default_layer_spec`` calls
+      ``local_layer_spec`` when TE is absent, nemo/collections/llm/gpt/model/base.py:222, so the model config
+      and its checkpoints keep upstream's spec), the final norm through ``transformer_block.LayerNormImpl``
+      (transformer/transformer_block.py:69, which builds it whenever the spec is a layer's, :258); NeMo's
+      ``configure_model`` cannot take a block spec with the local attention backend (base.py:392-393).
+    - The experts' ``linear_fc2.bias``: RowParallelLinear flags its bias ``sequence_parallel``
+      (tensor_parallel/layers.py:1208) also in an expert, whose output is never reduce-scattered
+      (``explicit_expert_comm``, :1266-1268). ``finalize_model_grads`` then sums the bias gradients over the
+      dense TP group, i.e. of DIFFERENT experts with EP = TP (and twice the same one with EP = 1). The flag is
+      cleared; the expert-data-parallel reduction stays as upstream (``allreduce``, :1207).
+    """
+    import megatron.core.transformer.moe.experts as experts
+    import megatron.core.transformer.transformer_block as block
+    import nemo.collections.llm.gpt.model.base as nemo_gpt
+
+    local_layer_spec = nemo_gpt.local_layer_spec
+
+    @functools.wraps(local_layer_spec)
+    def layer_spec(config):
+        spec = local_layer_spec(config)
+        if config.normalization == "RMSNorm":
+            spec.submodules.input_layernorm = SequenceParallelRMSNorm
+            spec.submodules.pre_mlp_layernorm = SequenceParallelRMSNorm
+        return spec
+
+    nemo_gpt.local_layer_spec = layer_spec
+    block.LayerNormImpl = SequenceParallelRMSNorm
+
+    init = experts.SequentialMLP.__init__
+
+    @functools.wraps(init)
+    def sequential_mlp_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        for expert in self.local_experts:
+            clear_expert_bias_flag(expert)
+
+    experts.SequentialMLP.__init__ = sequential_mlp_init
+
+
+def clear_expert_bias_flag(expert: torch.nn.Module) -> None:
+    """Clear ``sequence_parallel`` on one local expert's ``linear_fc2.bias`` (see `_tensor_parallel_without_te`)."""
+    bias = getattr(expert.linear_fc2, "bias", None)
+    if bias is not None and getattr(bias, "sequence_parallel", False):
+        bias.sequence_parallel = False
 
 
 class _NoTELinear:

@@ -6,6 +6,10 @@ against NeMo's signatures) -> hand ``python -m launch.train <the same overrides>
 executor. ``--dry-run`` stops before launching and prints exactly what would run: the checks, the environment,
 the torchrun command of every node, the sbatch script or the container command. It does not import NeMo.
 
+The exit status is the job's: 0 when every task succeeded (or, for Slurm, once the job is submitted), 1 when
+the launch is refused (a ``--dry-run`` of such a launch too) or when any task failed; then the failing rank's
+first error, read from its log, is printed last.
+
 Examples:
     python -m launch experiment=spark_20b_lora --dry-run
     python -m launch experiment=spark_pair_20b_lora --node-rank 0          # on the first Spark
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from io import StringIO
@@ -95,6 +100,16 @@ def dry_run(cfg: DictConfig, module: str, args: list[str], node_rank: int = 0) -
     Examples:
         python -m launch experiment=spark_pair_120b_lora_fp8 --node-rank 1 --dry-run
     """
+    return _dry_run(cfg, module, args, node_rank)[0]
+
+
+def refusals(found: list[str], cfg: DictConfig, node_rank: int, preflight: bool) -> list[str]:
+    """What stops a real launch: every problem for training; the preflight needs only a buildable executor."""
+    return [f"- {p}" for p in executors.problems(cfg, node_rank)] if preflight else found
+
+
+def _dry_run(cfg: DictConfig, module: str, args: list[str], node_rank: int) -> tuple[str, list[str]]:
+    """`dry_run`'s text and the problems found (a real launch of ``module`` would stop on `refusals`)."""
     table, found = checks(cfg, node_rank)
     kind = cfg.cluster.get("executor", "local")
     parts = [
@@ -120,7 +135,59 @@ def dry_run(cfg: DictConfig, module: str, args: list[str], node_rank: int = 0) -
                 f"# then on the other node: python -m launch {' '.join(map(shlex.quote, args))} "
                 f"--node-rank {other}"
             )
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts) + "\n", found
+
+
+TRACEBACK = "Traceback (most recent call last):"
+# The line that ends a traceback: ``ValueError: ...``, ``torch.OutOfMemoryError: ...``, a bare ``KeyError``.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b.*")
+ROOT_CAUSE_RANK = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)", re.DOTALL)
+
+
+def first_error(text: str) -> str | None:
+    """The first error in a process's stderr: the exception line ending its first traceback (with the line
+    that raised it), or, for an error without a traceback (``SystemExit("message")``), the last lines."""
+    lines = text.splitlines()
+    if TRACEBACK in lines:
+        start = lines.index(TRACEBACK)
+        for i in range(start + 1, len(lines)):
+            if EXCEPTION_LINE.match(lines[i]):
+                end = i + 1  # a multi-line message continues until a blank line or the next traceback
+                while end < len(lines) and lines[end].strip() and not lines[end].startswith(TRACEBACK):
+                    end += 1
+                raised = [
+                    x.strip() for x in lines[start:i] if x.strip() and not x.lstrip().startswith("File ")
+                ]
+                return "\n".join(([f"  at: {raised[-1]}"] if raised[-1:] else []) + lines[i:end])
+    kept, after_warning = [], False
+    for line in lines:  # a Python warning is its line and the indented source line under it
+        if not line.strip() or "Warning: " in line or (after_warning and line.startswith("  ")):
+            after_warning = "Warning: " in line
+            continue
+        after_warning = False
+        kept.append(line)
+    return "\n".join(kept[-10:]) or None
+
+
+def failure_report(job_dir: str | Path) -> str:
+    """The failing rank's first error, from the per-rank logs torchrun writes under the job's folder
+    (``.../torchelastic/<job>/attempt_<n>/<local rank>/stderr.log``); the root-cause rank torchrun names comes
+    first, then any other rank with an error."""
+    job_dir = Path(job_dir)
+    logs = sorted(job_dir.glob("**/torchelastic/**/attempt_*/*/stderr.log"), key=lambda p: str(p))
+    if not logs:
+        return f"no per-rank log under {job_dir}"
+    root = None
+    for combined in job_dir.glob("**/combined.log"):
+        m = ROOT_CAUSE_RANK.search(combined.read_text(errors="replace"))
+        if m:
+            root = m.group(1)
+    logs.sort(key=lambda p: (p.parent.name != root, p.parent.parent.name, int(p.parent.name)))
+    for log in logs:
+        error = first_error(log.read_text(errors="replace"))
+        if error:
+            return f"rank {log.parent.name}'s first error ({log}):\n{error}"
+    return f"no error found in the per-rank logs {', '.join(map(str, logs))}"
 
 
 def with_run_id(overrides: list[str], cfg: DictConfig) -> list[str]:
@@ -151,12 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         module, job_args = "launch.train", with_run_id(overrides, cfg)
     if args.dry_run:
-        print(dry_run(cfg, module, job_args, args.node_rank), end="")
-        return 0
+        text, found = _dry_run(cfg, module, job_args, args.node_rank)
+        print(text, end="")
+        refused = refusals(found, cfg, args.node_rank, args.preflight)
+        if refused:
+            print("a real launch would be refused:\n" + "\n".join(refused), file=sys.stderr)
+        return 1 if refused else 0
     table, found = checks(cfg, args.node_rank)
     print(table, end="")
-    if found and not args.preflight:
-        print("the launch cannot start:\n" + "\n".join(found), file=sys.stderr)
+    refused = refusals(found, cfg, args.node_rank, args.preflight)
+    if refused:
+        print("the launch cannot start:\n" + "\n".join(refused), file=sys.stderr)
         return 1
     if not args.preflight:
         if (Path(cfg.model.hf_path) / "config.json").exists():
@@ -170,7 +242,23 @@ def main(argv: list[str] | None = None) -> int:
         add_task(exp, module, job_args)
         kind = cfg.cluster.get("executor", "local")
         exp.run(detach=kind == "slurm", tail_logs=kind != "slurm")
-    return 0
+    if kind == "slurm":
+        return 0  # submitted; sbatch's own status is the job's
+    return exit_status(exp.jobs[0])
+
+
+def exit_status(job) -> int:
+    """0 when the waited-for job SUCCEEDED; else 1, with the failing rank's first error printed last."""
+    from torchx.specs.api import AppState
+
+    if job.state == AppState.SUCCEEDED:
+        return 0
+    sys.stdout.flush()
+    print(
+        f"\nthe job {job.id} finished {job.state.name}; {failure_report(job.executor.job_dir)}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

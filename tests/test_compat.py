@@ -133,3 +133,55 @@ def test_private_helper_check_names_a_changed_or_missing_helper(monkeypatch):
     assert any(f"{fs_async.__name__}._item_size is gone" in line for line in found), found
     with pytest.raises(private.PrivateHelperChanged, match="_item_size is gone"):
         private.check()
+
+
+def _norm_config(**changes):
+    from types import SimpleNamespace
+
+    fields = dict(
+        normalization="RMSNorm",
+        sequence_parallel=True,
+        layernorm_zero_centered_gamma=False,
+        persist_layer_norm=False,
+        memory_efficient_layer_norm=False,
+    )
+    return SimpleNamespace(**{**fields, **changes})
+
+
+def test_sequence_parallel_norm_is_torch_rmsnorm_with_the_flag():
+    import torch
+
+    from compat.cpu import SequenceParallelRMSNorm
+
+    norm = SequenceParallelRMSNorm(_norm_config(), hidden_size=8, eps=1e-5)
+    assert isinstance(norm, torch.nn.RMSNorm) and norm.weight.sequence_parallel is True
+    assert [name for name, _ in norm.named_parameters()] == [
+        "weight"
+    ]  # the checkpoint's names stay upstream's
+    x = torch.randn(3, 8)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+    # Anything else is upstream's WrappedTorchNorm, with its own refusals.
+    with pytest.raises(AssertionError, match="zero_centered_gamma"):
+        SequenceParallelRMSNorm(_norm_config(layernorm_zero_centered_gamma=True), hidden_size=8)
+
+
+def test_cpu_measures_supply_the_norm_and_clear_the_expert_bias_flag():
+    import compat.cpu as cpu
+
+    cpu.enable()
+    import megatron.core.transformer.transformer_block as block
+    import nemo.collections.llm.gpt.model.base as nemo_gpt
+
+    assert block.LayerNormImpl is cpu.SequenceParallelRMSNorm
+    moe = _norm_config(num_moe_experts=4, moe_grouped_gemm=False, qk_layernorm=False)
+    spec = nemo_gpt.default_layer_spec(moe)
+    assert spec.submodules.input_layernorm is spec.submodules.pre_mlp_layernorm is cpu.SequenceParallelRMSNorm
+
+    import torch
+
+    expert = torch.nn.Module()
+    expert.linear_fc2 = torch.nn.Linear(2, 2)
+    expert.linear_fc2.bias.sequence_parallel = True  # as tensor_parallel/layers.py:1208 sets it
+    cpu.clear_expert_bias_flag(expert)
+    assert expert.linear_fc2.bias.sequence_parallel is False
