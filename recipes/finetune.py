@@ -1,4 +1,4 @@
-"""Fine-tune gpt-oss with NeMo 2: LoRA or full SFT through ``llm.finetune``, then merge and export.
+"""Fine-tune gpt-oss with NeMo 2: LoRA or full SFT through ``llm.finetune``, then export to Hugging Face.
 
 The whole path on the embedded default (tiny gpt-oss, built-in data, CPU or GPU)::
 
@@ -8,7 +8,8 @@ The whole path on the embedded default (tiny gpt-oss, built-in data, CPU or GPU)
     python -m recipes.finetune --cfg job          # print the composed config and stop
 
 Stages: [1] the Hugging Face model (the tiny one is built when missing) -> [2] NeMo import -> [3] data ->
-[4] ``llm.finetune`` -> [5] LoRA merge -> [6] Hugging Face export, checked against the trained model's logits.
+[4] ``llm.finetune`` -> [5] Hugging Face export (streaming, LoRA merged as each tensor is written; MXFP4 experts
+when the source model is MXFP4) -> [6] the export checked against the trained model's logits.
 ``build(cfg)`` returns the NeMo ``run.Partial`` and has no side effects; ``validate(cfg)`` lists every problem
 of a config at once, before anything heavy runs.
 """
@@ -365,7 +366,7 @@ def _file_lock(path: Path):
 def in_child(function: str, cfg: DictConfig, *args: str) -> None:
     """Run ``recipes.finetune.<function>(cfg, *args)`` in a fresh Python outside the job's process group.
 
-    The import, merge and export each start their own one-process NeMo trainer, which must not join the
+    The import (a one-process NeMo trainer) and the export run apart from the job: they must not join the
     running job (torchrun's variables would make it wait for the other ranks).
     """
     with tempfile.TemporaryDirectory() as tmp:
@@ -482,35 +483,27 @@ def last_checkpoint(exp_dir: str | Path) -> Path:
 
 
 def export(cfg: DictConfig, ckpt: Path) -> dict:
-    """Merge LoRA adapters (if any) and write the Hugging Face export of a trained checkpoint."""
+    """Write the Hugging Face export of a trained checkpoint, streaming (LoRA adapters merged as it is written)."""
     import torch
 
-    import convert.export_hf  # noqa: F401  (registers our gpt-oss exporter with NeMo)
     from convert.export_hf import export_hf
 
-    exp_dir, out = Path(cfg.run_dir), {}
-    to_export = ckpt
-    if cfg.peft.name == "lora":
-        from convert.merge_lora import merge_lora
-
-        to_export = merge_lora(ckpt, exp_dir / "merged")
-        out["merged"] = str(to_export)
-    out["hf_export"] = str(
-        export_hf(
-            to_export,
-            exp_dir / "hf",
-            dtype=getattr(torch, cfg.export.dtype) if cfg.export.dtype else None,
-            overwrite=True,
-            verify=False,  # checked against the trained model's own logits, a stricter reference
-        )
+    out = export_hf(
+        ckpt,
+        Path(cfg.run_dir) / "hf",
+        dtype=getattr(torch, cfg.export.dtype) if cfg.export.dtype else None,
+        overwrite=True,
+        verify=False,  # checked against the trained model's own logits, a stricter reference
+        fmt=cfg.export.format,
+        source=cfg.model.hf_path,
     )
-    return out
+    return {"hf_export": str(out)}
 
 
 def run_finetune(cfg: DictConfig) -> dict:
     """Run every stage for a composed config and return a summary of where everything went.
 
-    In a launched job every process trains; the first one (rank 0) merges, exports and writes the summary.
+    In a launched job every process trains; the first one (rank 0) exports and writes the summary.
     """
     import fiddle as fdl
 
@@ -581,12 +574,10 @@ def run_finetune(cfg: DictConfig) -> dict:
     if not cfg.export.enabled:
         return summary
 
-    stages.start("LoRA merge and Hugging Face export" if cfg.peft.name == "lora" else "Hugging Face export")
+    stages.start("Hugging Face export" + (" (LoRA merged while written)" if cfg.peft.name == "lora" else ""))
     if world_size() > 1:
         in_child("export", cfg, summary["checkpoint"])
         summary["hf_export"] = str(exp_dir / "hf")
-        if cfg.peft.name == "lora":
-            summary["merged"] = str(exp_dir / "merged")
     else:
         summary.update(export(cfg, Path(summary["checkpoint"])))
     stages.start("check: exported model against the trained one")
@@ -630,7 +621,7 @@ def main(cfg: DictConfig) -> None:
         print(
             "\nNext:\n"
             f"  load it:    python -c \"from transformers import pipeline; pipeline('text-generation', '{summary['hf_export']}')\"\n"
-            f"  verify it:  python -m convert.verify --hf {summary['hf_export']} --nemo {summary.get('merged', summary['checkpoint'])}\n"
+            f"  verify it:  python -m convert.verify --hf {summary['hf_export']} --nemo {summary['checkpoint']}\n"
             f"{adapter}"
             "  your data:  python -m recipes.finetune data=prepared data.dataset_root=<data_prep output>"
         )

@@ -121,8 +121,9 @@ class PlanConf:
 
 @dataclass
 class ExportConf:
-    enabled: bool = True  # merge LoRA (if any) and write Hugging Face safetensors after training
-    dtype: str | None = None  # float32 | bfloat16; null keeps the model's dtype
+    enabled: bool = True  # write Hugging Face safetensors after training (LoRA merged as it is written)
+    format: str | None = None  # dense | mxfp4 (experts in OpenAI's MXFP4); null: mxfp4 when model.hf_path is
+    dtype: str | None = None  # float32 | bfloat16 of a dense export; null: model.hf_path's dtype
     verify: bool = True  # compare the exported model's logits with the trained NeMo model's
 
 
