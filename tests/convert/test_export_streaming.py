@@ -45,6 +45,22 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), name
 
 
+def kill_when_started(script: str, started: Path, env: dict, never: str) -> None:
+    """Run ``script`` in a child Python and SIGKILL it as soon as it creates ``started``."""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not started.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{never} (exit code {proc.poll()})")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def whole_model_export(nemo: Path, out: Path) -> Path:
     """The reference: the checkpoint loaded into a NeMo model, its state dict mapped and saved by transformers."""
     GptOssHFExporter(str(nemo)).apply(out)
@@ -330,18 +346,7 @@ def test_export_killed_midway_leaves_the_previous_output(tiny_nemo, tmp_path):
         export_hf({str(tiny_nemo)!r}, {str(out)!r}, verify=False, overwrite=True)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ))
-    try:
-        deadline = time.monotonic() + 240
-        while not started.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the export never reached the weight write (exit code {proc.poll()})")
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_started(script, started, dict(os.environ), "the export never reached the weight write")
     assert any(out.with_name("hf.partial").glob("*.safetensors"))  # killed while writing ...
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # ... the previous export intact
     export_hf(tiny_nemo, out, verify=False, overwrite=True)
@@ -459,18 +464,7 @@ def test_merge_killed_midway_leaves_the_previous_output(lora_experts_run, tmp_pa
     from launch_helpers import free_port
 
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not started.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the merge never reached its tenth tensor (exit code {proc.poll()})")
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_started(script, started, env, "the merge never reached its tenth tensor")
     assert any(out.with_name("merged.partial").rglob("*.distcp"))  # killed while writing weights ...
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
