@@ -426,6 +426,42 @@ def run(cfg) -> dict[str, Path]:
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
+def majority_share(metrics: dict) -> float | None:
+    """The share of the most frequent reference class, from a label group's confusion matrix (rows: reference);
+    None for a group without one. Always answering that class scores this accuracy."""
+    matrix = metrics.get("confusion", {}).get("matrix")
+    if not matrix:
+        return None
+    rows = [sum(row) for row in matrix]
+    return max(rows) / sum(rows) if sum(rows) else None
+
+
+def headline_lines(report: dict) -> list[str]:
+    """One line per metric group: its headline metrics (with their bootstrap interval when computed) and, for a
+    label group, the accuracy of always answering the majority class.
+
+    Examples:
+        python -c "from recipes.evaluate import headline_lines; print(headline_lines({'tasks': {'t': {'g': {'metrics': {'confusion': {'matrix': [[3, 1], [0, 1]]}}, 'headline': {'accuracy': 0.8}}}}}))"
+    """
+    lines = []
+    level = f"{report.get('bootstrap', {}).get('confidence', 0.95):.0%}"
+    for task, groups in report["tasks"].items():
+        for name, entry in groups.items():
+            parts = []
+            for metric, value in entry["headline"].items():
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    continue
+                ci = (entry.get("ci") or {}).get(metric)
+                parts.append(
+                    f"{metric} {value:.3f}" + (f" ({level} CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+                )
+            majority = majority_share(entry["metrics"])
+            if majority is not None:
+                parts.append(f"majority class {majority:.3f}")
+            lines.append(f"  {task} {name}: " + ", ".join(parts))
+    return lines
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
@@ -438,6 +474,8 @@ def main(cfg: DictConfig) -> None:
         f"scored {c['scored']}/{c['references']} (parse failures {c['parse_failures']}, missing {c['missing']}, "
         f"malformed lines {c['malformed_lines']}, extra ids {c['extra']})"
     )
+    for line in headline_lines(report):
+        print(line)
     for name, p in paths.items():
         print(f"{name:>12}: {p}")
 

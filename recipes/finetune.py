@@ -2,16 +2,19 @@
 
 The whole path on the embedded default (tiny gpt-oss, built-in data, CPU or GPU)::
 
-    make finetune
-    python -m recipes.finetune peft=none trainer.max_steps=50
+    make finetune                                 # full SFT, 300 steps: learns the built-in task
+    python -m recipes.finetune peft=lora trainer.max_steps=50
     python -m recipes.finetune data=prepared data.dataset_root=work/data/hr
+    python -m recipes.finetune verbose=true       # the upstream logs on the console too (always in train.log)
     python -m recipes.finetune --cfg job          # print the composed config and stop
 
 Stages: [1] the Hugging Face model (the tiny one is built when missing) -> [2] NeMo import -> [3] data ->
 [4] ``llm.finetune`` -> [5] Hugging Face export (streaming, LoRA merged as each tensor is written; MXFP4 experts
 when the source model is MXFP4) -> [6] the export checked against the trained model's logits.
 ``build(cfg)`` returns the NeMo ``run.Partial`` and has no side effects; ``validate(cfg)`` lists every problem
-of a config at once, before anything heavy runs.
+of a config at once, before anything heavy runs. The console shows the stages, a progress bar and the summary;
+what NeMo, megatron-core and Lightning print goes to ``<run_dir>/train.log`` (`routed_output`), and the loss
+curve to ``<run_dir>/loss.png``.
 """
 
 from __future__ import annotations
@@ -19,20 +22,27 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import compat  # the version gate: an unverified stack stops here, before anything is built
-import recipes.schema  # noqa: F401  (registers finetune_schema)
-from recipes.plan import config_problems
+# torch (imported by the version gate below) imports `pynvml`, a deprecated shim that nvidia-resiliency-ext
+# requires and nothing of ours uses; it warns on every start. Filtered by its message and module only.
+warnings.filterwarnings("ignore", "The pynvml package is deprecated", FutureWarning, r"torch\.cuda")
+
+import compat  # noqa: E402  (the version gate: an unverified stack stops here, before anything is built)
+import recipes.schema  # noqa: E402, F401  (registers finetune_schema)
+from recipes.plan import config_problems  # noqa: E402
 
 PEFT_SCHEMES = ("lora", "none")
 # precision.fp8_recipe -> NeMo's mixed-precision recipe (nemo.collections.llm.recipes.precision.mixed_precision)
@@ -233,6 +243,8 @@ def build(cfg: DictConfig, cuda: bool | None = None):
         peft_scheme=cfg.peft.name,
     )
     recipe.log.explicit_log_dir = str(cfg.run_dir)
+    # explicit_log_dir replaces log_dir; with both set NeMo logs an error on every run (nemo_logger.py:111-113)
+    recipe.log.log_dir = None
     recipe.model = model_config(cfg, cuda)
     recipe.resume.restore_config.path = str(cfg.model.nemo_path)
     recipe.data = run.Config(
@@ -272,6 +284,101 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         return hydra_compose(config_name="finetune", overrides=overrides or [])
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The console: the run's own lines on the terminal, everything upstream prints in <run_dir>/train.log
+
+_console = None  # the terminal's stream while `routed_output` is active; else the run's lines go to stdout
+LOG_NAMES = ("train.log", "train.rank*.log")  # `log_name` of every process
+
+
+def console():
+    """The stream the run's own lines (stages, progress bar, summary) are written to."""
+    return _console or sys.stdout
+
+
+def say(*args) -> None:
+    """Print one of the run's own lines on the console (the terminal, also while upstream output is routed)."""
+    print(*args, file=console(), flush=True)
+
+
+def log_name() -> str:
+    """``train.log`` for the first process of a run, ``train.rank<N>.log`` for the others."""
+    return "train.log" if global_rank() == 0 else f"train.rank{global_rank()}.log"
+
+
+def _tee(read_fd: int, *write_fds: int) -> None:
+    """Copy a pipe to ``write_fds`` until its last writer closes; then close every descriptor given (its own)."""
+    while chunk := os.read(read_fd, 1 << 16):
+        for fd in write_fds:
+            os.write(fd, chunk)
+    for fd in (read_fd, *write_fds):
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def routed_output(log: Path, verbose: bool = False):
+    """Send everything this process writes to its stdout and stderr into ``log``, keeping the terminal for `say`.
+
+    The redirection is of file descriptors 1 and 2, not of Python's ``sys.stdout``: NeMo's and Lightning's
+    loggers, megatron-core's prints, Python warnings, C extensions and the helper processes started meanwhile
+    (`in_child`) all land in ``log``, in the order they were written. ``verbose`` copies ``log`` to the
+    terminal as it is written. Records of level ERROR from any logger are shown on the terminal as well, and
+    an exception leaves with the terminal restored, so its traceback is shown where the command was typed.
+
+    Examples:
+        python -m recipes.finetune verbose=true      # the upstream logs on the terminal too
+    """
+    global _console
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    stream = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding="utf-8", errors="replace")
+    pump = None
+    if verbose:
+        read_fd, write_fd = os.pipe()
+        pump = threading.Thread(target=_tee, args=(read_fd, os.dup(log_fd), os.dup(saved_err)), daemon=True)
+        pump.start()
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+    else:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+    os.write(log_fd, f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n".encode())
+    errors = logging.StreamHandler(stream)
+    # A filter, not the handler's level: NeMo resets the levels of handlers (nemo_logging.py:228-234).
+    errors.addFilter(lambda record: record.levelno >= logging.ERROR)
+    errors.setFormatter(logging.Formatter("%(levelname)s (%(name)s): %(message)s"))
+    loggers = [logging.getLogger(), logging.getLogger("nemo_logger")]  # NeMo's logger does not propagate
+    for logger in loggers:
+        logger.addHandler(errors)
+    _console = stream
+    try:
+        yield stream
+    finally:
+        _console = None
+        for logger in loggers:
+            logger.removeHandler(errors)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)  # the pipe's last writers close here, which ends the pump
+        os.dup2(saved_err, 2)
+        if pump is not None:
+            pump.join(timeout=10)
+        for fd in (saved_out, saved_err, log_fd):
+            os.close(fd)
+        stream.close()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ("" when it does not exist)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
 class Stages:
     """Prints numbered stages with their wall time, so a long run shows where it is (``quiet``: count only)."""
 
@@ -281,7 +388,7 @@ class Stages:
     def start(self, what: str) -> None:
         self.n += 1
         if not self.quiet:
-            print(f"\n[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.t0:.0f}s)", flush=True)
+            say(f"[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.t0:.0f}s)")
 
 
 def prepare(cfg: DictConfig, stages: Stages) -> None:
@@ -294,26 +401,26 @@ def prepare(cfg: DictConfig, stages: Stages) -> None:
         from convert.tiny import build as build_tiny
 
         build_tiny(hf_path, shape=OmegaConf.to_container(cfg.model.tiny, resolve=True))
-        print(f"    built the tiny gpt-oss at {hf_path}")
+        say(f"    built the tiny gpt-oss at {hf_path}")
     else:
-        print("    present")
+        say("    present")
     stages.start(f"NeMo import: {nemo_path}")
     if not (nemo_path / "weights").exists():
         from convert.import_hf import import_hf
 
         import_hf(hf_path, nemo_path)
-        print(f"    imported into {nemo_path}")
+        say(f"    imported into {nemo_path}")
     else:
-        print("    present")
+        say("    present")
     stages.start(f"data: {cfg.data.dataset_root}")
     root = Path(cfg.data.dataset_root)
     if cfg.data.builtin and not (root / "train.jsonl").exists():
         from data_prep.builtin import write
 
         write(root, seed=0)
-        print(f"    wrote the built-in dataset to {root}")
+        say(f"    wrote the built-in dataset to {root}")
     for split in ("train", "validation"):
-        print(f"    {split}: {sum(1 for _ in (root / f'{split}.jsonl').open())} examples")
+        say(f"    {split}: {sum(1 for _ in (root / f'{split}.jsonl').open())} examples")
 
 
 # Variables torchrun and Lightning read to join a job; a helper process started without them runs alone.
@@ -396,7 +503,7 @@ def prepare_once(cfg: DictConfig, stages: Stages) -> None:
             in_child("prepare", cfg)
     stages.n += 3
     if not stages.quiet:
-        print(f"\n[1-3/{stages.total}] model, NeMo import and data: in place", flush=True)
+        say(f"[1-3/{stages.total}] model, NeMo import and data: in place")
 
 
 def breakdown(trainable: dict[str, int]) -> dict[str, int]:
@@ -416,9 +523,9 @@ def breakdown(trainable: dict[str, int]) -> dict[str, int]:
 
 
 class TrainingRecord:
-    """Lightning callback: the loss of every step, the parameters that train, and the first step of the run
-    (above 0 when it resumed). With ``stop_at_step`` it ends training after that step, as a preemption would,
-    keeping the schedule of ``max_steps``."""
+    """Lightning callback: the loss of every step, the validation losses, the parameters that train, and the
+    first step of the run (above 0 when it resumed). With ``stop_at_step`` it ends training after that step, as
+    a preemption would, keeping the schedule of ``max_steps``."""
 
     def __new__(cls, stop_at_step: int | None = None):
         from lightning.pytorch import Callback
@@ -426,12 +533,19 @@ class TrainingRecord:
         class _Record(Callback):
             def __init__(self):
                 self.losses: list[float] = []
+                self.steps: list[int] = []  # the step each loss was reached at (1 = after the first update)
+                self.val_losses: list[tuple[int, float]] = []
                 self.trainable: dict[str, int] = {}
                 self.total_params = 0
                 self.first_step: int | None = None
 
             def on_train_start(self, trainer, pl_module):
                 self.first_step = trainer.global_step
+
+            def on_validation_end(self, trainer, pl_module):
+                loss = trainer.callback_metrics.get("val_loss")
+                if loss is not None and not trainer.sanity_checking:
+                    self.val_losses.append((trainer.global_step, float(loss)))
 
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 if self.total_params:  # counted at the first batch: a resumed PEFT run adds adapters late
@@ -441,19 +555,116 @@ class TrainingRecord:
                 self.trainable = {n: p.numel() for n, p in params if p.requires_grad}
                 if trainer.global_rank == 0:
                     parts = " | ".join(f"{k} {v:,}" for k, v in breakdown(self.trainable).items())
-                    print(
-                        f"    trainable parameters (this rank): {parts} (of {self.total_params:,})",
-                        flush=True,
-                    )
+                    say(f"    trainable parameters (this rank): {parts} (of {self.total_params:,})")
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 loss = trainer.callback_metrics.get("reduced_train_loss")
                 if loss is not None:
                     self.losses.append(float(loss))
+                    self.steps.append(trainer.global_step)
                 if stop_at_step is not None and trainer.global_step >= stop_at_step:
                     trainer.should_stop = True
 
         return _Record()
+
+
+class KeepLogs:
+    """Lightning callback: leave this run's logs where they are written.
+
+    When training starts, NeMo moves every file it found in the run folder into ``run_<n>/`` (meant for the
+    files of an earlier run: listed by ``NeMoLogger.setup``, `nemo/lightning/nemo_logger.py:171`, moved in
+    ``ModelCheckpoint.on_train_start``, `nemo/lightning/pytorch/callbacks/model_checkpoint.py:154-167`); that
+    would include the ``train.log`` this run is writing. This hook runs in between and takes the logs off the
+    list (``setup`` comes before every callback's ``on_train_start``, whatever their order)."""
+
+    def __new__(cls):
+        from lightning.pytorch import Callback
+
+        class _Keep(Callback):
+            def setup(self, trainer, pl_module, stage):
+                from nemo.utils.app_state import AppState
+
+                state = AppState()
+                state.files_to_move = [
+                    f for f in state.files_to_move if not any(Path(f).match(n) for n in LOG_NAMES)
+                ]
+
+        return _Keep()
+
+
+class ProgressBar:
+    """Lightning callback: one progress bar on the console of the first process: step, training loss, input
+    tokens per second (padding included, every data-parallel rank counted) and the time left.
+
+    NeMo's own progress printer keeps writing its per-step lines, into train.log."""
+
+    def __new__(cls, max_steps: int, global_batch_size: int):
+        from lightning.pytorch import Callback
+        from tqdm import tqdm
+
+        class _Bar(Callback):
+            bar = None
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if self.bar is None and trainer.global_rank == 0:  # after TrainingRecord's first line
+                    stream = console()
+                    self.bar = tqdm(
+                        total=max_steps,
+                        initial=trainer.global_step,
+                        desc="    training",
+                        unit="step",
+                        file=stream,
+                        # a terminal is redrawn in place; a file (CI log) gets a line every 10 s
+                        mininterval=0.5 if stream.isatty() else 10.0,
+                        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| [{elapsed}<{remaining}{postfix}]",
+                    )
+                    self.tokens, self.seconds = 0, 0.0
+                self.t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if self.bar is None:
+                    return
+                self.seconds += time.perf_counter() - self.t0
+                tokens = batch.get("tokens") if isinstance(batch, dict) else None
+                if tokens is not None:  # this rank's samples of the step; the others hold as many
+                    self.tokens += tokens.numel() * global_batch_size // tokens.shape[0]
+                loss = trainer.callback_metrics.get("reduced_train_loss")
+                parts = [f"loss {float(loss):.3f}"] if loss is not None else []
+                if self.tokens:
+                    parts.append(f"{self.tokens / self.seconds:,.0f} tok/s")
+                self.bar.set_postfix_str(", ".join(parts), refresh=False)
+                self.bar.update(trainer.global_step - self.bar.n)
+
+            def on_train_end(self, trainer, pl_module):
+                if self.bar is not None:
+                    self.bar.close()
+
+        return _Bar()
+
+
+def plot_losses(steps: list[int], losses: list[float], val: list[tuple[int, float]], out: Path) -> Path:
+    """Training and validation loss against the step, as a PNG (written aside, then renamed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, lw=1, label="training loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per trained token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{out.parent.parent.name} / {out.parent.name}")  # run_name / run_id
+    fig.tight_layout()
+    partial = out.with_name(out.stem + ".partial.png")
+    fig.savefig(partial, dpi=100)
+    plt.close(fig)
+    partial.replace(out)
+    return out
 
 
 class SeedBeforeAdapters:
@@ -517,13 +728,20 @@ def run_finetune(cfg: DictConfig) -> dict:
     leader = global_rank() == 0
     _, note = step_intervals(cfg)
     if note and leader:
-        print(f"note: {note}")
+        say(f"note: {note}")
+    table = io.StringIO()
     try:
-        check(cfg, out=sys.stdout if leader else io.StringIO())
+        check(cfg, out=table)
     except PlanError as e:
+        print(table.getvalue(), end="")
         if cfg.plan.enforce:
             raise ConfigError(str(e)) from None
-        print(f"memory plan (not enforced): {e}")
+        say(f"memory plan (not enforced): {e}")
+    else:
+        print(table.getvalue(), end="")  # stdout: train.log while `routed_output` is active
+        if leader and _console is not None:  # the console gets the head line and the verdict
+            lines = table.getvalue().splitlines()
+            say("\n".join([lines[0], *(x for x in lines if x.lstrip().startswith(("total ", "fits")))]))
     if cfg.precision.base_weights == "fp8" and not cpu.cuda_available():
         raise ConfigError(
             "precision=fp8_base needs a GPU with Transformer Engine (FP8 parameters and GEMMs); "
@@ -543,6 +761,8 @@ def run_finetune(cfg: DictConfig) -> dict:
     fn = fdl.build(build(cfg))
     record = TrainingRecord(cfg.trainer.stop_at_step)
     fn.keywords["trainer"].callbacks.append(record)
+    fn.keywords["trainer"].callbacks.append(ProgressBar(cfg.trainer.max_steps, cfg.data.global_batch_size))
+    fn.keywords["trainer"].callbacks.append(KeepLogs())
     if cfg.peft.name == "lora":
         fn.keywords["trainer"].callbacks.append(SeedBeforeAdapters(cfg.seed))
     probe = None
@@ -567,10 +787,16 @@ def run_finetune(cfg: DictConfig) -> dict:
     if not leader:
         return summary
     resumed = f" (resumed at step {record.first_step})" if record.first_step else ""
-    print(
+    say(
         f"    loss {record.losses[0]:.3f} -> {record.losses[-1]:.3f}{resumed}; trained "
         f"{summary['trainable_params']:,} of {record.total_params:,} parameters"
     )
+    summary["loss_curve"] = str(
+        plot_losses(record.steps, record.losses, record.val_losses, exp_dir / "loss.png")
+    )
+    summary["tensorboard"] = str(exp_dir / "tb_logs")
+    if (exp_dir / log_name()).exists():
+        summary["train_log"] = str(exp_dir / log_name())
     if not cfg.export.enabled:
         return summary
 
@@ -585,30 +811,44 @@ def run_finetune(cfg: DictConfig) -> dict:
         ids = verify.probe_ids(cfg.model.hf_path)
         result = verify.compare(verify.hf_logits(summary["hf_export"], ids), probe.logits)
         summary["export_vs_trained_logits"] = asdict(result)
-        print(
+        say(
             f"    exported vs trained logits: max |diff| {result.max_abs_diff:.2e} "
             f"(logit scale {result.logit_scale:.2f}), top-1 agreement {result.top1_agreement:.0%}"
         )
     else:
-        print("    skipped (export.verify=false)")
+        say("    skipped (export.verify=false)")
     return summary
 
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """Validate, then run every stage with the upstream logs routed to ``<run_dir>/train.log``."""
     try:
-        summary = run_finetune(cfg)
+        validate(cfg)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    log = Path(cfg.run_dir) / log_name()
+    if global_rank() == 0:
+        say(f"upstream logs: {log}" + ("" if cfg.verbose else " (verbose=true: here too)"))
+    try:
+        with routed_output(log, verbose=cfg.verbose):
+            summary = run_finetune(cfg)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    except BaseException:
+        if not cfg.verbose:
+            say(f"failed; the last lines of {log}:\n{tail(log)}\n")
+        raise
     if global_rank() != 0:
         return
-    print("\nDone. Outputs:")
-    for key, value in summary.items():
-        if isinstance(value, str):
-            print(f"  {key:>12}: {value}")
+    say("Done. Outputs:")
+    first = ("run_dir", "checkpoint", "hf_export", "train_log", "loss_curve", "tensorboard")
+    for key in sorted(summary, key=lambda k: first.index(k) if k in first else len(first)):
+        if isinstance(summary[key], str):
+            say(f"  {key:>12}: {summary[key]}")
     Path(summary["run_dir"], "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.trainer.stop_at_step and cfg.trainer.stop_at_step < cfg.trainer.max_steps:
-        print(f"\nStopped after step {cfg.trainer.stop_at_step}; continue with: run_id={cfg.run_id}")
+        say(f"Stopped after step {cfg.trainer.stop_at_step}; continue with: run_id={cfg.run_id}")
     if "hf_export" in summary:
         from convert.gpt_oss import PEFT_MAPPED_TARGETS
 
@@ -618,8 +858,16 @@ def main(cfg: DictConfig) -> None:
                 f"  adapter:    python -m convert.export_peft --lora {summary['checkpoint']} "
                 f"--out {summary['run_dir']}/hf_peft --base {cfg.model.hf_path or '<hf folder>'}\n"
             )
-        print(
-            "\nNext:\n"
+        test = Path(cfg.data.dataset_root) / "test.jsonl"
+        score = (
+            "make predict   (the built-in test split, then its evaluation)"
+            if cfg.data.builtin
+            else f"python -m recipes.predict model_dir={summary['hf_export']} input={test} "
+            f"out={summary['run_dir']}/predictions.jsonl"
+        )
+        say(
+            "Next:\n"
+            f"  score it:   {score}\n"
             f"  load it:    python -c \"from transformers import pipeline; pipeline('text-generation', '{summary['hf_export']}')\"\n"
             f"  verify it:  python -m convert.verify --hf {summary['hf_export']} --nemo {summary['checkpoint']}\n"
             f"{adapter}"

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -43,6 +45,12 @@ from data_prep.harmony import DEFAULT_DATE, DEFAULT_EFFORT, generation_prompt
 from data_prep.predictions import Prediction, PredictionsAppender, write_predictions
 from data_prep.schema import ChatExample
 from recipes.harmony_text import NoFinalChannel, final_text
+
+# torch imports `pynvml`, a deprecated shim that nvidia-resiliency-ext requires and nothing of ours uses; it warns
+# on every start. Filtered by its message and module only.
+warnings.filterwarnings("ignore", "The pynvml package is deprecated", FutureWarning, r"torch\.cuda")
+# numexpr (through pandas) reports its thread count at INFO, which Hydra's console handler would print.
+logging.getLogger("numexpr").setLevel(logging.WARNING)
 
 # A generator maps conversations (lists of messages ending with a user turn) to raw generated texts.
 Generator = Callable[[list[list[dict]]], list[str]]
@@ -299,7 +307,10 @@ class TransformersGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        # transformers 4.57.3+ takes any local folder whose config.json it wrote for a Mistral one and warns of an
+        # "incorrect regex pattern" for every tokenizer over 100,000 tokens (tokenization_utils_base.py:2466-2497),
+        # the real gpt-oss one included; gpt-oss is not Mistral, so no fix applies, which is said explicitly.
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir), fix_mistral_regex=False)
         self.tok.padding_side = "left"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(self.device).eval()

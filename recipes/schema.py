@@ -134,6 +134,7 @@ class FinetuneConf:
     run_id: str = MISSING  # the same in every process of a run; an earlier run's id resumes that run
     run_dir: str = MISSING
     seed: int = 1234
+    verbose: bool = False  # true: NeMo/megatron-core/Lightning logs on the console too (always in train.log)
     model: ModelConf = field(default_factory=ModelConf)
     peft: PeftConf = field(default_factory=PeftConf)
     data: DataConf = field(default_factory=DataConf)

@@ -7,6 +7,9 @@ their pins when the image carries other versions, every other pinned package is 
 and the image's CUDA build of torch and its Transformer Engine are held where they are (pip constraints).
 Either way the project itself is installed in editable mode without dependencies, and the version gate runs
 last in a fresh interpreter: a stack other than the verified one fails the setup with the versions and the fix.
+Only then is the stamp written (``.venv/.stamp``, in a container too, where ``.venv`` holds nothing else): the
+Makefile's targets depend on it, so a missing environment is built, and one older than requirements*.txt,
+pyproject.toml or this script is brought up to date, before they run.
 
 Examples:
     python3 scripts/setup_env.py            # what `make setup` runs
@@ -92,6 +95,12 @@ def pip(python: str, *args: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def write_stamp(stamp: Path, python: str) -> None:
+    """Mark the environment as built from the current requirements (make compares the stamp's time)."""
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{python}\n")
+
+
 def nemo_present() -> bool:
     try:
         import nemo.collections.llm  # noqa: F401
@@ -103,7 +112,11 @@ def nemo_present() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", default=str(ROOT / ".venv"), help="virtual environment to create or update")
+    parser.add_argument(
+        "--stamp", default=None, help="file written when the setup succeeded (default: <venv>/.stamp)"
+    )
     args = parser.parse_args()
+    stamp = Path(args.stamp or Path(args.venv) / ".stamp")
     if nemo_present():
         todo = [line for line in missing(requirement_lines()) if _name(line) not in HELD]
         print(
@@ -117,6 +130,7 @@ def main() -> None:
                 pip(sys.executable, "install", "-c", constraints.name, *todo)
         pip(sys.executable, "install", "--no-deps", "--no-build-isolation", "-e", ".")
         gate(sys.executable)
+        write_stamp(stamp, sys.executable)
         return
     env = Path(args.venv)
     python = env / "bin" / "python"
@@ -127,6 +141,7 @@ def main() -> None:
     pip(str(python), "install", *[x for r in REQUIREMENTS for x in ("-r", str(r))])
     pip(str(python), "install", "--no-deps", "-e", ".")
     gate(str(python))
+    write_stamp(stamp, str(python))
     print(f"\nReady: {python}. Next: make test, make finetune")
 
 

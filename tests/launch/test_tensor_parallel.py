@@ -12,7 +12,7 @@ import pytest
 from launch_helpers import REPO, clean_env
 
 STEPS = 6
-COMMON = [f"trainer.max_steps={STEPS}", "export.enabled=false"]
+COMMON = ["peft=lora", f"trainer.max_steps={STEPS}", "export.enabled=false"]
 TP2_EP2 = [
     "cluster.devices_per_node=2",
     "parallel.tensor_model_parallel_size=2",

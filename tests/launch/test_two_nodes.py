@@ -13,6 +13,7 @@ from launch_helpers import REPO, clean_env, run_two_nodes_on_a_free_port
 
 STEPS = 6
 COMMON = [
+    "peft=lora",
     f"trainer.max_steps={STEPS}",
     "trainer.checkpoint_every_n_steps=3",
     "trainer.val_check_interval=3",

@@ -1,4 +1,5 @@
-"""data_prep (built-in) -> fine-tune (tiny, full SFT) -> predict -> evaluate, on CPU.
+"""data_prep (built-in) -> fine-tune (the default: tiny, full SFT, 300 steps) -> predict -> evaluate, on CPU:
+what `make finetune` then `make predict` do.
 
 The built-in task's label follows from the profile by a fixed rule, so a model that learns shows it as
 held-out accuracy well above the majority class; a pipeline that only runs would sit near it.
@@ -19,12 +20,8 @@ def test_tiny_model_learns_the_builtin_task(tmp_path, tiny_hf, tiny_nemo):
     cfg = compose(
         [
             f"work_dir={tmp_path}",
-            "peft=none",
             f"model.hf_path={tiny_hf}",
             f"model.nemo_path={tiny_nemo}",
-            "trainer.max_steps=200",
-            "trainer.val_check_interval=100",
-            "trainer.checkpoint_every_n_steps=200",
             "export.verify=false",
         ]
     )
@@ -38,8 +35,8 @@ def test_tiny_model_learns_the_builtin_task(tmp_path, tiny_hf, tiny_nemo):
                 "model_dir": summary["hf_export"],
                 "input": test_file,
                 "out": str(pred_file),
-                "stages": [1],
-                "max_new_tokens": 12,
+                "stages": [1],  # as make predict: the built-in task trains stage 1 only
+                "max_new_tokens": 8,
             },
         )
     )
@@ -53,5 +50,6 @@ def test_tiny_model_learns_the_builtin_task(tmp_path, tiny_hf, tiny_nemo):
     accuracy = report["tasks"]["builtin"]["attrition_risk"]["metrics"]["accuracy"]
     labels = [json.loads(line)["label"]["attrition"] for line in open(test_file)]
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)  # 0.59 on the built-in test split
-    # Observed: 0.84 held-out accuracy against 0.59 for the majority class.
-    assert accuracy >= majority + 0.15, (accuracy, majority)
+    # Observed with the default seed: 0.875 held-out accuracy against 0.59 for the majority class (seeds 1 and
+    # 2: 0.95). The quickstart promises the majority class + 0.2.
+    assert accuracy >= majority + 0.2, (accuracy, majority)

@@ -143,7 +143,7 @@ def test_validate_lists_every_problem(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["peft.target_modules=[linear_q,linear_proj]"], "['linear_q'] match no gpt-oss module"),
+        (["peft=lora", "peft.target_modules=[linear_q,linear_proj]"], "['linear_q'] match no gpt-oss module"),
         (
             ["peft=none", "precision=fp8_base"],
             "precision=fp8_base freezes the base weights in FP8: it needs peft=lora",
@@ -191,7 +191,7 @@ def test_every_parallel_layout_validates_and_builds_for_20b_on_eight_gpus(parall
 
 
 def test_a_run_shorter_than_its_intervals_validates_and_checkpoints_at_its_end(tiny_hf):
-    cfg = compose([f"model.hf_path={tiny_hf}", "trainer.max_steps=4"])
+    cfg = compose([f"model.hf_path={tiny_hf}", "trainer=smoke", "trainer.max_steps=4"])
     assert (cfg.trainer.val_check_interval, cfg.trainer.checkpoint_every_n_steps) == (
         10,
         30,
@@ -209,10 +209,12 @@ def test_a_run_shorter_than_its_intervals_validates_and_checkpoints_at_its_end(t
 
 
 def test_intervals_that_fit_the_run_are_kept(tiny_hf):
-    cfg = compose([f"model.hf_path={tiny_hf}", "trainer.max_steps=30", "trainer.val_check_interval=7"])
+    cfg = compose(
+        [f"model.hf_path={tiny_hf}", "trainer=smoke", "trainer.max_steps=30", "trainer.val_check_interval=7"]
+    )
     assert step_intervals(cfg) == ({"val_check_interval": 7, "checkpoint_every_n_steps": 30}, None)
     # Only what is longer than the run is shortened, and the note names only that.
-    short = compose(["trainer.max_steps=8", "trainer.checkpoint_every_n_steps=4"])
+    short = compose(["trainer=smoke", "trainer.max_steps=8", "trainer.checkpoint_every_n_steps=4"])
     assert step_intervals(short) == (
         {"val_check_interval": 8, "checkpoint_every_n_steps": 4},
         "a run of 8 steps validates at its end: trainer.val_check_interval=10 -> 8",
@@ -240,21 +242,3 @@ def test_intervals_that_fit_the_run_are_kept(tiny_hf):
 def test_validate_names_the_step_setting_that_fixes_it(overrides, needle, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         validate(compose([f"work_dir={tmp_path}", *overrides]))
-
-
-def test_four_steps_train_end_to_end(tmp_path, tiny_hf, tiny_nemo, capsys):
-    """`python -m recipes.finetune trainer.max_steps=4` used to stop inside Lightning: "val_check_interval (10)
-    must be less than or equal to the number of the training batches (4)"."""
-    cfg = compose(
-        [
-            f"work_dir={tmp_path}",
-            f"model.hf_path={tiny_hf}",
-            f"model.nemo_path={tiny_nemo}",
-            "trainer.max_steps=4",
-            "export.enabled=false",
-        ]
-    )
-    summary = run_finetune(cfg)
-    assert "note: a run of 4 steps validates and checkpoints at its end" in capsys.readouterr().out
-    assert len(summary["losses"]) == 4
-    assert "step=3" in Path(summary["checkpoint"]).name

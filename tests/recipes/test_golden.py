@@ -73,9 +73,9 @@ def test_the_default_recipe_is_in_its_golden_dump(tiny_hf, fixed_paths):
 
 
 def test_a_changed_recipe_shows_as_a_diff(tiny_hf, fixed_paths):
-    cfg = compose([f"model.hf_path={tiny_hf}", "run_id=golden", "peft.dim=4"])
+    cfg = compose([f"model.hf_path={tiny_hf}", "run_id=golden", "trainer.max_steps=7"])
     text = dump(cfg, cuda=False, paths={**fixed_paths, str(tiny_hf): "TINY_HF"})
     if os.environ.get("UPDATE_GOLDEN"):
         pytest.skip("rewriting dumps")
-    with pytest.raises(pytest.fail.Exception, match=r"-    dim=8,\n\+    dim=4,"):
+    with pytest.raises(pytest.fail.Exception, match=r"-    max_steps=300,\n\+    max_steps=7,"):
         check_golden("default_tiny_cpu", text)

@@ -130,7 +130,8 @@ def test_tiny_lora_on_cpu_matches_hand_computed_bytes(tmp_path):
     # up to a multiple of 128). Per layer: attention 64*256 + 256 + 128*64 + 64 + 4 = 24,900; experts
     # 4*(64*192 + 192 + 96*64 + 64) = 74,752; router 4*64 + 4 = 260; norms 128 -> 100,040.
     # Total 2*100,040 + 2*1024*64 (untied) + 64 = 331,216. CPU trains in fp32: 4 bytes everywhere.
-    plan = tiny_plan(tmp_path)  # peft=lora dim 8 on linear_qkv + linear_proj; data=builtin: mbs 4 x seq 256
+    # peft=lora: dim 8 on linear_qkv + linear_proj; data=builtin: mbs 4 x seq 256
+    plan = tiny_plan(tmp_path, "peft=lora")
     est = estimate(plan)
     assert est.params_per_device == 331_216
     assert est.weights == 331_216 * 4 == 1_324_864
