@@ -8,6 +8,8 @@
 - `compat.private`: the private megatron-core / torch helpers the streaming checkpoint writer builds on, each
   checked for presence and signature.
 
+Upstream start-up warnings that are not ours to fix are filtered here, each by its message and module.
+
 Every patch names the upstream file:line it addresses; all were verified on the versions in
 `compat.versions.VERIFIED` (nemo_toolkit 2.7.3, megatron-core 0.15.3, transformers 4.57, torch 2.13.0).
 Nothing here imports another package of the project.
@@ -16,6 +18,12 @@ Examples:
     python -c "import compat; print(compat.versions.report())"
 """
 
-from compat import versions
+import warnings
+
+# torch imports `pynvml`, a deprecated shim that nvidia-resiliency-ext requires and nothing of this project uses;
+# it warns on every start. Filtered here, once, by its message and module only (torch is imported after this).
+warnings.filterwarnings("ignore", "The pynvml package is deprecated", FutureWarning, r"torch\.cuda")
+
+from compat import versions  # noqa: E402
 
 versions.check()

@@ -29,20 +29,15 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-# torch (imported by the version gate below) imports `pynvml`, a deprecated shim that nvidia-resiliency-ext
-# requires and nothing of ours uses; it warns on every start. Filtered by its message and module only.
-warnings.filterwarnings("ignore", "The pynvml package is deprecated", FutureWarning, r"torch\.cuda")
-
-import compat  # noqa: E402  (the version gate: an unverified stack stops here, before anything is built)
-import recipes.schema  # noqa: E402, F401  (registers finetune_schema)
-from recipes.plan import config_problems  # noqa: E402
+import compat  # (the version gate: an unverified stack stops here, before anything is built)
+import recipes.schema  # noqa: F401  (registers finetune_schema)
+from recipes.plan import config_problems
 
 PEFT_SCHEMES = ("lora", "none")
 # precision.fp8_recipe -> NeMo's mixed-precision recipe (nemo.collections.llm.recipes.precision.mixed_precision)

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -46,9 +45,6 @@ from data_prep.predictions import Prediction, PredictionsAppender, write_predict
 from data_prep.schema import ChatExample
 from recipes.harmony_text import NoFinalChannel, final_text
 
-# torch imports `pynvml`, a deprecated shim that nvidia-resiliency-ext requires and nothing of ours uses; it warns
-# on every start. Filtered by its message and module only.
-warnings.filterwarnings("ignore", "The pynvml package is deprecated", FutureWarning, r"torch\.cuda")
 # numexpr (through pandas) reports its thread count at INFO, which Hydra's console handler would print.
 logging.getLogger("numexpr").setLevel(logging.WARNING)
 
@@ -303,6 +299,9 @@ class TransformersGenerator:
     """
 
     def __init__(self, model_dir, max_new_tokens=256, device=None, date=DEFAULT_DATE, effort=DEFAULT_EFFORT):
+        import compat  # noqa: F401  (the version gate, and upstream's start-up warnings filtered, before torch)
+
+        # isort: split
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
