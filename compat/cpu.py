@@ -66,6 +66,28 @@ def config_overrides(cuda: bool | None = None) -> dict:
     return {**CONFIG, "attention_backend": AttnBackend.local}
 
 
+# The `CONFIG` entries that make a CPU run compute in fp32. Conversions leave them out: a checkpoint keeps its
+# source's dtype on every host, and a model loaded on the host is widened to fp32 (exact) by `compute_dtype`.
+DTYPE_KEYS = ("bf16", "fp16", "params_dtype", "pipeline_dtype", "autocast_dtype")
+
+
+def device_overrides(cuda: bool | None = None) -> dict:
+    """`config_overrides` without the dtype: what a conversion records in the checkpoint it writes."""
+    return {k: v for k, v in config_overrides(cuda).items() if k not in DTYPE_KEYS}
+
+
+def compute_dtype(config, cuda: bool | None = None) -> None:
+    """Set a model config loaded from a checkpoint to compute in fp32 when CUDA is absent (else unchanged).
+
+    A BF16 checkpoint then loads into fp32 parameters (megatron-core's loader copies each tensor into the
+    parameter, widening it exactly); the checkpoint on disk keeps its own dtype.
+    """
+    if cuda_available() if cuda is None else cuda:
+        return
+    for key in DTYPE_KEYS:
+        setattr(config, key, CONFIG[key])
+
+
 _ENABLED = False
 
 

@@ -133,9 +133,28 @@ class GptOssHFExporter(HFGPTOSSExporter):
         return hf_config_from_nemo(self.nemo_config, getattr(self.nemo_config, "generation_config", None))
 
     def load(self):
-        """The NeMo model of this checkpoint, on the host, and its trainer (for teardown)."""
+        """The NeMo model of this checkpoint, on the host, and its trainer (for teardown).
+
+        NeMo's ``nemo_load`` for a checkpoint without adapters, except that a host without CUDA computes in fp32
+        (`compat.cpu.compute_dtype`): a BF16 checkpoint is widened as it loads, the one on disk is unchanged.
+        """
+        from nemo.lightning import MegatronStrategy, Trainer, _strategy_lib
+
         cpu.enable()
-        return self.nemo_load(str(self), cpu=True)
+        model = io.load_context(str(self), subpath="model")
+        model.config.fp8, model.config.fp8_param = None, False  # as nemo_load: FP8 training, BF16 export
+        model.config.perform_initialization = False  # every weight comes from the checkpoint
+        cpu.compute_dtype(model.config)
+        trainer = Trainer(
+            devices=1, accelerator="cpu", strategy=MegatronStrategy(ddp="pytorch", setup_optimizers=False)
+        )
+        trainer.strategy.connect(model)
+        trainer.strategy.setup_environment()
+        with _strategy_lib.megatron_cpu_init_context(model.config):
+            model.configure_model()
+        trainer.strategy.setup(trainer)
+        trainer.strategy.load_checkpoint(str(self))
+        return model, trainer
 
     def hf_state_dict(self, model) -> dict[str, torch.Tensor]:
         sd = {k: v for k, v in model.module.state_dict().items() if not k.endswith("_extra_state")}
@@ -188,6 +207,7 @@ def restore_lora(lora_ckpt: Path):
     model = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model")
     model.model_transform, model.__io__.model_transform = None, None
     model.config.perform_initialization = False
+    cpu.compute_dtype(model.config)  # a LoRA run trained on a GPU (BF16) is merged in fp32 on a host without CUDA
     transform = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model.model_transform")
     if not isinstance(transform, LoRA):
         raise ValueError(f"{lora_ckpt} records no LoRA transform; it is not a LoRA checkpoint")

@@ -56,10 +56,12 @@ class GptOssHFImporter(HFGPTOSSImporter):
 
     @cached_property
     def config(self):
+        # The device measures only: the checkpoint keeps the source's dtype on every host (a CPU run widens it to
+        # fp32 when it loads it, `compat.cpu.compute_dtype`).
         return nemo_config_from_hf(
             str(self),
             generation_config=load_generation_config(str(self)),
-            **{**cpu.config_overrides(), **self.config_overrides},
+            **{**cpu.device_overrides(), **self.config_overrides},
         )
 
     @cached_property
@@ -236,12 +238,26 @@ def _copy_checked(targets: dict, converted: dict, expected: dict) -> None:
             targets[k].copy_(v)
 
 
+DTYPES = ("source", "bfloat16", "float32")
+
+
+def dtype_overrides(dtype: str) -> dict:
+    """NeMo config arguments that store the checkpoint in ``dtype`` (``source``: the source's, nothing to set)."""
+    if dtype not in DTYPES:
+        raise ConversionError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if dtype == "source":
+        return {}
+    t = getattr(torch, dtype)
+    return {"params_dtype": t, "bf16": t == torch.bfloat16, "fp16": False, "pipeline_dtype": t, "autocast_dtype": t}
+
+
 def import_hf(
     hf_path: str | Path,
     out: str | Path,
     overwrite: bool = False,
     verify: bool | None = None,
     streaming: bool = True,
+    dtype: str = "source",
     **config_overrides,
 ) -> Path:
     """Import ``hf_path`` into a NeMo checkpoint at ``out``; nothing appears at ``out`` unless it succeeds.
@@ -260,6 +276,8 @@ def import_hf(
         streaming: Write the weights straight from the source into the checkpoint, a tensor at a time, without
             building the model (`stream_hf_weights`); False: build the model in memory, fill it and save it.
             Both give the same checkpoint, bit for bit.
+        dtype: The stored weights' dtype: ``source`` (the source's ``torch_dtype``: BF16 for the published gpt-oss,
+            whose MXFP4 experts are dequantised to it exactly) on every host, or ``bfloat16`` / ``float32``.
         **config_overrides: NeMo config constructor arguments to apply.
 
     Examples:
@@ -280,7 +298,7 @@ def import_hf(
         verify = count_parameters(hf) <= verification.MAX_PARAMS
     with publishing(out) as tmp:
         connector = GptOssHFImporter(str(hf_path))
-        connector.config_overrides = dict(config_overrides)
+        connector.config_overrides = {**dtype_overrides(dtype), **config_overrides}
         connector.streaming = streaming
         connector.apply(tmp)
         connector.on_import_ckpt(GPTOSSModel(connector.config, tokenizer=connector.tokenizer))
@@ -309,8 +327,17 @@ def main() -> None:
         help="write the weights a tensor at a time without building the model (default); "
         "--no-streaming builds the model in memory first",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="source",
+        help="dtype of the stored weights (default: the source's, on every host; a CPU run computes in fp32 "
+        "and widens them when it loads them)",
+    )
     args = parser.parse_args()
-    out = import_hf(args.hf, args.out, overwrite=args.overwrite, verify=args.verify, streaming=args.streaming)
+    out = import_hf(
+        args.hf, args.out, overwrite=args.overwrite, verify=args.verify, streaming=args.streaming, dtype=args.dtype
+    )
     print(f"NeMo checkpoint: {out}")
 
 

@@ -134,3 +134,43 @@ def test_streaming_refuses_a_mapping_that_misses_a_tensor(tiny_hf, tmp_path, mon
     with pytest.raises(ConversionError, match=r"no mapping fills.*decoder.layers.1.mlp.router.bias"):
         import_hf(tiny_hf, tmp_path / "nemo", verify=False)
     assert not (tmp_path / "nemo").exists() and not (tmp_path / "nemo.partial").exists()
+
+
+def _stored_dtypes(nemo_dir) -> dict[str, torch.dtype]:
+    from convert.checkpoint import CheckpointTensors
+
+    ckpt = CheckpointTensors(nemo_dir)
+    return {k: ckpt.dtype(k) for k, md in ckpt.index.items() if hasattr(md, "properties")}
+
+
+# megatron-core's local layer spec builds its norms as torch.nn.RMSNorm, whose weight is fp32 whatever
+# params_dtype says (transformer/torch_norm.py); a BF16 source's norm weights are widened exactly into it.
+NORMS = {
+    "module.decoder.layers.self_attention.linear_qkv.layer_norm_weight",
+    "module.decoder.layers.mlp.linear_fc1.layer_norm_weight",
+    "module.decoder.final_layernorm.weight",
+}
+
+
+def test_import_keeps_the_source_dtype_on_a_host_without_cuda(mxfp4_twin, both_ways, tmp_path):
+    """The MXFP4 twin (its config says bfloat16) is stored in BF16 on this host, which trains in fp32; the
+    model loaded from it computes in fp32 and holds the stored values exactly; --dtype float32 stores fp32."""
+    from convert.checkpoint import CheckpointTensors
+    from convert.gpt_oss import load_hf_config
+
+    assert load_hf_config(mxfp4_twin)["torch_dtype"] == "bfloat16"
+    streamed = both_ways["mxfp4"][0]
+    stored = _stored_dtypes(streamed)
+    assert {k for k, d in stored.items() if d != torch.bfloat16} == NORMS
+    assert {stored[k] for k in NORMS} == {torch.float32}
+    loaded = _loaded_state(streamed)
+    assert {t.dtype for t in loaded.values()} == {torch.float32}
+    ckpt = CheckpointTensors(streamed)
+    qkv = ckpt.read("module.decoder.layers.self_attention.linear_qkv.weight", (0,))
+    assert qkv.dtype == torch.bfloat16
+    assert torch.equal(loaded["decoder.layers.0.self_attention.linear_qkv.weight"], qkv.float())
+
+    wide = import_hf(mxfp4_twin, tmp_path / "fp32", verify=False, dtype="float32")
+    assert set(_stored_dtypes(wide).values()) == {torch.float32}
+    with pytest.raises(ConversionError, match="use one of source, bfloat16, float32"):
+        import_hf(mxfp4_twin, tmp_path / "fp16", verify=False, dtype="float16")
