@@ -207,7 +207,9 @@ def restore_lora(lora_ckpt: Path):
     model = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model")
     model.model_transform, model.__io__.model_transform = None, None
     model.config.perform_initialization = False
-    cpu.compute_dtype(model.config)  # a LoRA run trained on a GPU (BF16) is merged in fp32 on a host without CUDA
+    cpu.compute_dtype(
+        model.config
+    )  # a LoRA run trained on a GPU (BF16) is merged in fp32 on a host without CUDA
     transform = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model.model_transform")
     if not isinstance(transform, LoRA):
         raise ValueError(f"{lora_ckpt} records no LoRA transform; it is not a LoRA checkpoint")

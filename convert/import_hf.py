@@ -248,7 +248,13 @@ def dtype_overrides(dtype: str) -> dict:
     if dtype == "source":
         return {}
     t = getattr(torch, dtype)
-    return {"params_dtype": t, "bf16": t == torch.bfloat16, "fp16": False, "pipeline_dtype": t, "autocast_dtype": t}
+    return {
+        "params_dtype": t,
+        "bf16": t == torch.bfloat16,
+        "fp16": False,
+        "pipeline_dtype": t,
+        "autocast_dtype": t,
+    }
 
 
 def import_hf(
@@ -336,7 +342,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = import_hf(
-        args.hf, args.out, overwrite=args.overwrite, verify=args.verify, streaming=args.streaming, dtype=args.dtype
+        args.hf,
+        args.out,
+        overwrite=args.overwrite,
+        verify=args.verify,
+        streaming=args.streaming,
+        dtype=args.dtype,
     )
     print(f"NeMo checkpoint: {out}")
 
