@@ -11,11 +11,16 @@ that make every run of the suite deterministic and self-contained.
 - Every test gets ``os.environ`` back as it found it (`restore_environ`): in-process NeMo runs set
   ``MASTER_PORT``, ``RANK`` and friends, which would otherwise steer the next test's rendezvous.
 - ``slow`` tests get `SLOW_TIMEOUT_S` instead of the default per-test timeout of pyproject.toml.
+- `kill_when_started` is the one way the interruption tests kill a child process midway (SIGKILL).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +81,30 @@ def real_tokenizer() -> Path:
     if not (REAL_TOKENIZER / "tokenizer.json").exists():
         pytest.skip(f"real gpt-oss tokenizer not present at {REAL_TOKENIZER}")
     return REAL_TOKENIZER
+
+
+@pytest.fixture
+def kill_when_started():
+    """``kill(script, started, never)``: run ``script`` in a child Python (in the repository, on a rendezvous
+    port of its own) and SIGKILL it as soon as it creates the file ``started``; the test fails with ``never``
+    when the child ends first or has not created it within 240 s."""
+    sys.path.insert(0, str(REPO / "tests" / "launch"))
+    from launch_helpers import free_port
+
+    def kill(script: str, started: Path, never: str) -> None:
+        # In-process NeMo runs earlier in the test leave their port in os.environ: the child takes a fresh one.
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while not started.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{never} (exit code {proc.poll()})")
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    return kill

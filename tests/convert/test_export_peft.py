@@ -10,12 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +27,7 @@ from convert.export_peft import (
     read_adapters,
 )
 from convert.gpt_oss import ConversionError
-from convert.tiny import REPO, tiny_shape
+from convert.tiny import tiny_shape
 from recipes.finetune import compose, run_finetune
 
 TOLERANCE = 1e-5  # fp32 logits of two faithful implementations agree to a few 1e-6 on the tiny model
@@ -235,7 +230,7 @@ def test_interrupted_export_publishes_nothing(lora_run, tiny_hf, tmp_path, monke
     assert not out.exists() and not out.with_name("adapter.partial").exists()
 
 
-def test_export_killed_midway_leaves_no_adapter(lora_run, tmp_path):
+def test_export_killed_midway_leaves_no_adapter(lora_run, tmp_path, kill_when_started):
     """A real interruption: the process is killed (SIGKILL) once the weights are written, before the config."""
     out, started = tmp_path / "adapter", tmp_path / "writing"
     script = textwrap.dedent(
@@ -255,22 +250,7 @@ def test_export_killed_midway_leaves_no_adapter(lora_run, tmp_path):
         ep.export_peft({lora_run["checkpoint"]!r}, {str(out)!r}, verify=False)
         """
     )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not started.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the export never wrote its weights (exit code {proc.poll()})")
-            time.sleep(0.2)
-        proc.kill()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_started(script, started, "the export never wrote its weights")
     partial = out.with_name("adapter.partial")
     assert (partial / ADAPTER_FILE).exists() and not (partial / CONFIG_FILE).exists()  # PEFT cannot load it
     assert not out.exists()

@@ -8,13 +8,8 @@ a higher learning rate so that every adapter moves its weights).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +20,6 @@ from convert import mxfp4, verify
 from convert.checkpoint import CheckpointTensors, GptOssHFExporter, TrainedTensors, checkpoint_key
 from convert.export_hf import Producer, SafetensorsWriter, export_hf
 from convert.gpt_oss import ConversionError, read_header
-from convert.tiny import REPO
 
 TOLERANCE = 1e-5  # fp32 logits of two faithful implementations agree to a few 1e-6 on the tiny model
 
@@ -43,22 +37,6 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
     for name in a:
         assert a[name].dtype == b[name].dtype, name
         assert torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), name
-
-
-def kill_when_started(script: str, started: Path, env: dict, never: str) -> None:
-    """Run ``script`` in a child Python and SIGKILL it as soon as it creates ``started``."""
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not started.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{never} (exit code {proc.poll()})")
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def whole_model_export(nemo: Path, out: Path) -> Path:
@@ -327,7 +305,7 @@ def test_interrupted_export_leaves_the_previous_output(tiny_nemo, tmp_path, monk
         export_hf(tiny_nemo, out, verify=False)
 
 
-def test_export_killed_midway_leaves_the_previous_output(tiny_nemo, tmp_path):
+def test_export_killed_midway_leaves_the_previous_output(tiny_nemo, tmp_path, kill_when_started):
     out = export_hf(tiny_nemo, tmp_path / "hf", verify=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     started = tmp_path / "writing"
@@ -346,7 +324,7 @@ def test_export_killed_midway_leaves_the_previous_output(tiny_nemo, tmp_path):
         export_hf({str(tiny_nemo)!r}, {str(out)!r}, verify=False, overwrite=True)
         """
     )
-    kill_when_started(script, started, dict(os.environ), "the export never reached the weight write")
+    kill_when_started(script, started, "the export never reached the weight write")
     assert any(out.with_name("hf.partial").glob("*.safetensors"))  # killed while writing ...
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # ... the previous export intact
     export_hf(tiny_nemo, out, verify=False, overwrite=True)
@@ -435,7 +413,7 @@ def test_merge_keeps_an_existing_output_unless_told(lora_experts_run, tmp_path, 
     assert not out.with_name("merged.partial").exists()
 
 
-def test_merge_killed_midway_leaves_the_previous_output(lora_experts_run, tmp_path):
+def test_merge_killed_midway_leaves_the_previous_output(lora_experts_run, tmp_path, kill_when_started):
     from convert.merge_lora import merge_lora
 
     out = merge_lora(lora_experts_run, tmp_path / "merged")
@@ -459,12 +437,7 @@ def test_merge_killed_midway_leaves_the_previous_output(lora_experts_run, tmp_pa
         merge_lora({str(lora_experts_run)!r}, {str(out)!r}, overwrite=True)
         """
     )
-    # The in-process merges above leave their rendezvous port in os.environ: the child takes a fresh one.
-    sys.path.insert(0, str(REPO / "tests" / "launch"))
-    from launch_helpers import free_port
-
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    kill_when_started(script, started, env, "the merge never reached its tenth tensor")
+    kill_when_started(script, started, "the merge never reached its tenth tensor")
     assert any(out.with_name("merged.partial").rglob("*.distcp"))  # killed while writing weights ...
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
