@@ -23,6 +23,16 @@ Exports, of the bf16 NeMo checkpoint that ``ours-ckpt`` writes (made once per k,
 - ``export-mxfp4``: the same with ``fmt="mxfp4"``: experts equal to the source's are copied byte for byte, and
   the parent then checks every output tensor against the source, byte for byte.
 
+Merges and exports of a LoRA checkpoint on that import (``write_synthetic_lora``: NeMo's LoRA checkpoint
+layout, adapters of rank 8 on attention (qkv, proj) and on every expert (fc1, fc2) of every layer, random
+values, so every weight of the model changes; made once per k, not measured):
+
+- ``merge-whole``: ``convert.merge_lora.merge_lora(streaming=False)``: NeMo's restore of base and adapters,
+  ``LoRAMerge``, save (the whole model in memory, as NeMo's ``llm.peft.merge_lora``);
+- ``merge``: ``merge_lora``, streaming: each tensor read from the base, merged and written;
+- ``export-lora-dense`` / ``export-lora-mxfp4``: ``export_hf`` straight from the LoRA checkpoint (the merge
+  done as each tensor is written; MXFP4: every expert changed, so every expert is quantised).
+
 All build the model in bf16. Each mode runs for its own list of k (``--run MODE:K,K``). The summary gives,
 per k, the peak RSS of every mode with its wall time, then per mode the slope in GiB per added layer (a
 least-squares line through its measured points), and stock's figure at every k where ours was measured:
@@ -33,11 +43,13 @@ Examples:
     python bench/bench_import_memory.py --run stock:1,2 ours-ckpt:2,4,8 ours-model:2,4
     python bench/bench_import_memory.py --run export-whole:1 export-dense:1,2,4,8 export-mxfp4:1,2,4,8
     python bench/bench_import_memory.py --model 120b --run export-dense:1,2 export-mxfp4:1,2
+    python bench/bench_import_memory.py --run merge-whole:1,2 merge:1,2,4,8 export-lora-dense:1,2,4,8
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -94,6 +106,74 @@ def write_synthetic(folder: Path, k: int, model: str = "20b") -> Path:
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     for f in (CONFIGS / "tokenizer").iterdir():
         shutil.copy2(f, folder / f.name)
+    return folder
+
+
+LORA_RANK, LORA_ALPHA = 8, 16
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+def write_synthetic_lora(base: Path, folder: Path) -> Path:
+    """A LoRA checkpoint on the NeMo checkpoint ``base`` as a fine-tuning run writes one: ``weights/`` holds
+    the adapters in torch_dist (layer axis first, then the expert axis: megatron-core's sharded keys) with
+    ``adapter_metadata.json`` naming ``base``; ``context/`` is base's with NeMo's ``LoRA`` transform added.
+    Adapters on qkv, proj and every expert's fc1 and fc2, random (linear_out too, so every delta is nonzero)."""
+    import fiddle as fdl
+    import torch
+    import torch.distributed as dist
+    from fiddle._src.experimental import serialization
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
+    from nemo.collections.llm.peft.lora import LoRA
+    from nemo.lightning import io as nemo_io
+
+    from compat import cpu
+    from convert.checkpoint import CheckpointTensors
+
+    stored = CheckpointTensors(base)
+    layers = "module.decoder.layers."
+    weights = (
+        "self_attention.linear_qkv.weight",
+        "self_attention.linear_proj.weight",
+        "mlp.experts.experts.linear_fc1.weight",
+        "mlp.experts.experts.linear_fc2.weight",
+    )
+    g = torch.Generator().manual_seed(1)
+    adapters = {}
+    for name in weights:
+        shape = stored.shape(layers + name)  # [L, out, in] or [L, E, out, in]
+        lead, (out_f, in_f) = shape[:-2], shape[-2:]
+        stem = layers + name.removesuffix(".weight")
+        a = torch.empty(*lead, LORA_RANK, in_f).normal_(0, 0.02, generator=g)
+        b = torch.empty(*lead, out_f, LORA_RANK).normal_(0, 0.02, generator=g)
+        for part, t in (("linear_in", a), ("linear_out", b)):
+            key = f"{stem}.adapter.{part}"
+            adapters[f"{key}.weight"] = ShardedTensor.from_rank_offsets(f"{key}.weight", t, replica_id=0)
+            # Each adapter layer's (empty) extra state, one object per layer (and expert), which NeMo's
+            # restore asks for.
+            for offsets in itertools.product(*(range(n) for n in lead)):
+                adapters[f"{key}._extra_state/{offsets}"] = ShardedObject(
+                    f"{key}._extra_state", None, tuple(lead), offsets, replica_id=0
+                )
+    weights_dir = folder / "weights"
+    weights_dir.mkdir(parents=True)
+    cpu.enable()  # megatron-core's writer synchronises CUDA
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        content = torch.load(base / "weights" / "common.pt", weights_only=False).get("content_metadata")
+        dist_checkpointing.save(adapters, str(weights_dir), content_metadata=content)
+    finally:
+        if created:
+            dist.destroy_process_group()
+    (weights_dir / "adapter_metadata.json").write_text(json.dumps({"model_ckpt_path": str(base)}))
+    shutil.copytree(base / "context", folder / "context")
+    context = nemo_io.load_context(base / "context", build=False)
+    context.model.model_transform = fdl.Config(
+        LoRA, target_modules=list(LORA_TARGETS), dim=LORA_RANK, alpha=LORA_ALPHA
+    )
+    (folder / "context" / "io.json").write_text(serialization.dump_json(context))
     return folder
 
 
@@ -182,6 +262,14 @@ def child(mode: str, ckpt: Path, out: Path) -> None:
         from convert.export_hf import export_hf
 
         export_hf(ckpt, out, verify=False, fmt=mode.removeprefix("export-"))
+    elif mode in ("merge", "merge-whole"):
+        from convert.merge_lora import merge_lora
+
+        merge_lora(ckpt, out, streaming=mode == "merge")
+    elif mode in ("export-lora-dense", "export-lora-mxfp4"):
+        from convert.export_hf import export_hf
+
+        export_hf(ckpt, out, verify=False, fmt=mode.removeprefix("export-lora-"))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     seconds = time.perf_counter() - t0
@@ -242,7 +330,8 @@ def run(mode: str, ckpt: Path, out: Path) -> dict:
 
 IMPORTS = ("stock", "ours-ckpt", "ours-ckpt-memory", "ours-model")
 EXPORTS = ("export-stock", "export-whole", "export-dense", "export-mxfp4")
-MODES = IMPORTS + EXPORTS
+LORA = ("merge-whole", "merge", "export-lora-dense", "export-lora-mxfp4")
+MODES = IMPORTS + EXPORTS + LORA
 
 
 def parse_runs(specs: list[str]) -> dict[str, list[int]]:
@@ -281,6 +370,8 @@ def summary(rows: list[dict], runs: dict[str, list[int]], model: str, layers: in
         "import_hf(streaming=False); ours-model = a trainable model filled by load_hf_weights, no checkpoint.",
         "Exports of the bf16 NeMo import: export-stock = NeMo's HFGPTOSSExporter.apply; export-whole =",
         "GptOssHFExporter.apply (whole model); export-dense / export-mxfp4 = export_hf, streaming.",
+        "Of a LoRA checkpoint on it (rank 8 on qkv, proj and every expert): merge-whole = merge_lora(streaming=",
+        "False), NeMo's restore + LoRAMerge; merge = merge_lora, streaming; export-lora-* = export_hf of it.",
         "",
         f"{'k':>2} {'on disk':>8} {'bf16 model':>10}" + "".join(f" {m:>18}" for m in modes),
     ]
@@ -321,6 +412,7 @@ def summary(rows: list[dict], runs: dict[str, list[int]], model: str, layers: in
         ("stock", IMPORTS[1:]),
         ("export-whole", EXPORTS[2:]),
         ("export-stock", EXPORTS[2:]),
+        ("merge-whole", LORA[1:]),
     ):
         ours = [m for m in ours if m in modes]
         if reference not in modes or not ours:
@@ -377,14 +469,17 @@ def main() -> None:
         disk = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**30
         model = count_parameters(ckpt) * 2 / 2**30  # bf16
         nemo = work / f"nemo-{k}"
-        if any(k in runs.get(m, ()) for m in EXPORTS) and not nemo.exists():
+        if any(k in runs.get(m, ()) for m in EXPORTS + LORA) and not nemo.exists():
             made = run("ours-ckpt", ckpt, nemo)  # the bf16 import the exports read; not a measured cell
             if "error" in made:
                 sys.exit(f"the import for the exports failed:\n{made['error']}")
+        lora = work / f"lora-{k}"
+        if any(k in runs.get(m, ()) for m in LORA) and not lora.exists():
+            write_synthetic_lora(nemo, lora)
         for mode in (m for m in MODES if k in runs.get(m, ())):
             out = work / f"{mode}-{k}"
             shutil.rmtree(out, ignore_errors=True)
-            r = run(mode, nemo if mode in EXPORTS else ckpt, out)
+            r = run(mode, lora if mode in LORA else nemo if mode in EXPORTS else ckpt, out)
             if mode == "export-mxfp4" and "error" not in r:
                 r["identical_to_source"], r["differing"] = same_bytes(ckpt, out)
             shutil.rmtree(out, ignore_errors=True)
@@ -392,6 +487,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(ckpt, ignore_errors=True)
         shutil.rmtree(nemo, ignore_errors=True)
+        shutil.rmtree(lora, ignore_errors=True)
     print("\n" + summary(rows, runs, args.model, layers))
 
 

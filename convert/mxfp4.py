@@ -38,6 +38,8 @@ NOT_QUANTIZED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model
 EXPERT_MATRICES = ("gate_up_proj", "down_proj")
 # Rows of 16 bytes dequantised at once: bounds the index temporaries at 2**18 * 32 * 8 B = 64 MiB.
 _ROWS_PER_CHUNK = 1 << 18
+# Halfway between neighbouring E2M1 magnitudes (0, 0.5, 1, 1.5, 2, 3, 4, 6).
+_MIDPOINTS = torch.tensor([(a + b) / 2 for a, b in zip(FP4_VALUES[:7], FP4_VALUES[1:8], strict=True)])
 
 
 class MXFP4Error(ValueError):
@@ -104,8 +106,10 @@ def quantize(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     exp = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 2, torch.full_like(amax, -SCALE_BIAS))
     exp = exp.clamp(-SCALE_BIAS, NAN_SCALE - 1 - SCALE_BIAS)
     scaled = x / torch.exp2(exp)
-    magnitudes = torch.tensor(FP4_VALUES[:8])
-    code = (scaled.abs().unsqueeze(-1) - magnitudes).abs().argmin(-1)  # nearest; ties go to the smaller
+    # Nearest magnitude, ties to the smaller: the number of midpoints between neighbours below |x| (each
+    # midpoint is exact in float32, so this equals an argmin over the eight distances, without the eight-fold
+    # temporary: half the time on a 20b expert).
+    code = torch.bucketize(scaled.abs(), _MIDPOINTS)
     code = code | ((scaled < 0).long() << 3)
     code = code.to(torch.uint8)
     blocks = code[..., 0::2] | (code[..., 1::2] << 4)

@@ -92,6 +92,44 @@ def test_quantize_is_nearest_and_idempotent():
     assert torch.equal(mxfp4.dequantize(*mxfp4.quantize(y), torch.float32), y)
 
 
+def spec_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The OCP MX rounding spelt out: for each value the nearest of the eight E2M1 magnitudes by an argmin over
+    the distances (ties to the first, the smaller), the sign as bit 3; codes unpacked, and the scale bytes."""
+    x = x.float().reshape(*x.shape[:-1], -1, 32)
+    amax = x.abs().amax(-1, keepdim=True)
+    exp = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 2, torch.full_like(amax, -127.0)).clamp(
+        -127, 127
+    )
+    scaled = x / torch.exp2(exp)
+    code = (scaled.abs().unsqueeze(-1) - torch.tensor(mxfp4.FP4_VALUES[:8])).abs().argmin(-1)
+    return code | ((scaled < 0).long() << 3), (exp.squeeze(-1) + 127).to(torch.uint8)
+
+
+def test_quantize_rounds_as_the_spec_at_every_tie_and_edge():
+    """Every midpoint between magnitudes (a tie), a hair either side, the magnitudes, saturation, zeros and
+    signs, at the extreme exponents, plus random blocks over 80 binades: the same codes and scales as the
+    argmin of the spec."""
+    mags = torch.tensor(mxfp4.FP4_VALUES[:8])
+    mids = (mags[1:] + mags[:-1]) / 2
+    pattern = torch.cat(
+        [mags, mids, mids * (1 + 2**-20), mids * (1 - 2**-20), torch.tensor([6.5, 0.0, -0.0])]
+    )
+    pattern = torch.cat([pattern, -pattern])  # two blocks of 32, |6.5| the largest: scale 2**0, 6.5 saturates
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat(
+        [pattern.reshape(2, 32) * 2.0**e for e in (-127, -126, -20, 0, 3, 125)]
+        + [
+            torch.randn(512, 32, generator=g)
+            * torch.exp2(torch.randint(-40, 40, (512, 1), generator=g).float())
+        ]
+    )
+    blocks, scales = mxfp4.quantize(x)
+    codes, spec_scales = spec_codes(x)
+    assert torch.equal(scales, spec_scales)
+    assert torch.equal(blocks & 0x0F, codes[..., 0::2].to(torch.uint8))
+    assert torch.equal(blocks >> 4, codes[..., 1::2].to(torch.uint8))
+
+
 # ------------------------------------------------------------------------- tiny MXFP4 / BF16 twins
 
 
