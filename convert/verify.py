@@ -123,10 +123,11 @@ def forward(model, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits ``[B, T, V]`` of a NeMo GPT model (a LightningModule around megatron-core) in eval mode."""
     module = model.module
     module.eval()
-    position_ids = torch.arange(input_ids.shape[1]).unsqueeze(0).expand_as(input_ids)
+    input_ids = input_ids.to(next(module.parameters()).device)  # a model trained on a GPU stays there
+    position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
     logits = module(input_ids=input_ids, position_ids=position_ids, attention_mask=None)
     vocab = model.config.vocab_size
-    return logits[..., :vocab].float()
+    return logits[..., :vocab].float().cpu()
 
 
 def probe_callback(input_ids: torch.Tensor):
