@@ -44,13 +44,13 @@ plan: $(ENV)  ## memory plan; refuses what cannot fit and names the nearest plan
 launch: $(ENV)  ## validate, plan, build, then launch on the configured cluster (ARGS="experiment=spark_20b_lora --dry-run")
 	$(PY) -m launch $(ARGS)
 
-# The built-in task trains stage 1 only (profile -> answer, 5 tokens), so that is what is predicted and scored;
-# ARGS="stages=[1,2]" adds the personalised stage 2, which the tiny model was never shown.
-predict: $(ENV)  ## predictions of the latest exported run on the built-in test split (stage 1), then their evaluation
+# The built-in task trains both stages (profile -> answer; then the history -> personalised answer), so both are
+# predicted, and the evaluation sets them side by side (ARGS="stages=[1]" predicts stage 1 only).
+predict: $(ENV)  ## predictions of the latest exported run on the built-in test split (stages 1 and 2), then their evaluation
 	@run=$$(ls -td $(WORK)/runs/*/*/hf 2>/dev/null | head -1); \
 	test -n "$$run" || { echo "no exported model under $(WORK)/runs: run make finetune first"; exit 1; }; \
 	dir=$$(dirname $$run); \
-	$(PY) -m recipes.predict model_dir=$$run input=$(WORK)/data/builtin/test.jsonl out=$$dir/predictions.jsonl stages=[1] max_new_tokens=8 $(ARGS) && \
+	$(PY) -m recipes.predict model_dir=$$run input=$(WORK)/data/builtin/test.jsonl out=$$dir/predictions.jsonl max_new_tokens=8 $(ARGS) && \
 	$(PY) -m recipes.evaluate predictions=$$dir/predictions.jsonl references=$(WORK)/data/builtin/test.jsonl out_dir=$$dir/eval
 
 export-peft: $(ENV)  ## the latest LoRA run's attention adapters as a Hugging Face PEFT adapter, <run>/hf_peft (BASE=<hf folder>)

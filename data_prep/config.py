@@ -49,6 +49,9 @@ class SourceConfig:
     system_prompt: str = MISSING
     columns: dict[str, str] = field(default_factory=dict)
     profile: dict[str, str] = field(default_factory=dict)
+    # {SourceColumn: Label}: the individual's history, shown only in the stage-2 (personalised) turn, never in the
+    # profile; with it, each person also gets a stage-2 conversation (`data_prep.stage2`). {}: stage 1 only.
+    history: dict[str, str] = field(default_factory=dict)
     # {field or profile column: {raw: shown}}; every task applies it the same way (see `recode_maps`).
     recode: dict[str, dict[str, str]] = field(default_factory=dict)
     true_values: list[str] = field(default_factory=lambda: ["yes", "y", "true", "1", "left", "terminated"])
@@ -193,7 +196,8 @@ def recode_maps(src) -> dict[str, dict[str, str]]:
 
 
 def recode_problems(src) -> list[str]:
-    """A recode entry must name a field ``data_prep.columns`` maps, or a ``data_prep.profile`` column.
+    """A recode entry must name a field ``data_prep.columns`` maps, or a ``data_prep.profile`` or
+    ``data_prep.history`` column.
 
     Examples:
         python -c "from data_prep.config import recode_problems, SourceConfig; print(recode_problems(SourceConfig(recode={'x': {'1': 'a'}})))"
@@ -201,16 +205,17 @@ def recode_problems(src) -> list[str]:
     mapped = {f for f, c in src.columns.items() if c}
     fields_of = {c: f for f, c in src.columns.items() if c}
     problems = []
-    for key in sorted(set(src.recode) - mapped - set(src.profile)):
+    shown = set(src.profile) | set(getattr(src, "history", None) or {})
+    for key in sorted(set(src.recode) - mapped - shown):
         hint = (
             f"; it is the column of {fields_of[key]}: recode the field (data_prep.recode.{fields_of[key]})"
             if key in fields_of
             else ""
         )
         problems.append(
-            f"data_prep.recode.{key} names no mapped field and no data_prep.profile column, so it would recode "
-            f"nothing{hint}; recode one of {sorted(mapped) + sorted(set(src.profile))} or map the field "
-            f"(data_prep.columns.{key}=<column>)"
+            f"data_prep.recode.{key} names no mapped field and no data_prep.profile column (nor data_prep.history "
+            f"column), so it would recode nothing{hint}; recode one of {sorted(mapped) + sorted(shown)} or map "
+            f"the field (data_prep.columns.{key}=<column>)"
         )
     return problems
 
@@ -238,6 +243,35 @@ def unread_options(src, task: str, reads: tuple[str, ...]) -> list[str]:
                 f"{list(COMMON_OPTIONS) + list(reads)}, so {name} would change nothing; remove it from the "
                 f"mapping (default: {name}={default!r})"
             )
+    return problems
+
+
+def history_problems(src, personal: set) -> list[str]:
+    """``data_prep.history`` must stay out of the stage-1 profile and hold no personal or label column.
+
+    Examples:
+        python -c "from data_prep.config import history_problems, SourceConfig; print(history_problems(SourceConfig(profile={'a': 'A'}, history={'a': 'A'}), set()))"
+    """
+    history = set(getattr(src, "history", None) or {})
+    problems = []
+    both = sorted(history & set(src.profile))
+    if both:
+        problems.append(
+            f"data_prep.history and data_prep.profile both show {both}: the history belongs to the stage-2 turn "
+            f"only, so stage 1 cannot see it; remove them from one of the two (data_prep.profile)"
+        )
+    shown = sorted(history & personal)
+    if shown:
+        problems.append(
+            f"data_prep.history shows personal column(s) {shown}; remove them from data_prep.history"
+        )
+    labels = {src.columns.get(f) for f in ("attrition", "termination_date", "actual_tenure")} - {None, ""}
+    stated = sorted(history & labels)
+    if stated:
+        problems.append(
+            f"data_prep.history shows {stated}, the column(s) the labels come from: the answer would be in the "
+            "prompt; remove them from data_prep.history"
+        )
     return problems
 
 
@@ -296,6 +330,7 @@ def validate(cfg) -> None:
         problems.append(
             f"data_prep.profile shows personal column(s) {leaked}; remove them from data_prep.profile"
         )
+    problems += history_problems(src, personal)
     problems += recode_problems(src)
     if task is not None:
         problems += task.check(src)

@@ -5,6 +5,9 @@ with the prompt, the answer, the label and meta columns, the source line, a grou
 must not straddle splits) and a stratum (the label the split is stratified by). This module removes
 exact duplicates, assigns splits, writes ``train/validation/test.jsonl`` (each line exactly
 ``ChatExample.to_json()``), ``rejects.jsonl`` and ``manifest.json``, and checks that the counts add up.
+A source with history adds each person's stage-2 conversation (`data_prep.stage2`) on the line after the
+stage-1 one, in the same split; the counts stay counts of people (``counts.written``, ``by_split``;
+``stage2_by_split`` the stage-2 lines), and ``outputs.<split>.jsonl.examples`` counts the lines.
 
 Output lines are assembled column-wise (`data_prep.fast`, with the figure that buys over a
 ``json.dumps`` per example) rather than through a ``ChatExample``; ``tests/data_prep/test_dataset.py``
@@ -28,12 +31,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_prep.fast import Text, first_rows, hash_strings, json_parts, json_strings, string_array, write_lines
 from data_prep.schema import read_jsonl
+from data_prep.stage2 import STAGE2_SUFFIX
 from data_prep.table import InputError, Reject
 
 SPLITS = ("train", "validation", "test")
+# Text columns of a source with history: each person's stage-2 conversation (`data_prep.stage2`), written by
+# `example_parts` on the line after the person's stage-1 line: the history turn, the earlier (population-level)
+# assistant turn and the personalised answer.
+STAGE2_TURN, STAGE2_EARLIER, STAGE2_ANSWER = "stage2_turn", "stage2_earlier", "stage2_answer"
 # Output lines read back through the schema validator after writing, per split (all of them in tests).
 VALIDATE_LINES = 1000
 
@@ -240,21 +249,49 @@ def example_parts(ex: ExampleFrame, task: str, system_prompt: str) -> Text:
         f', "task": {encode_basestring(task)}, "messages": [{{"role": "system", "content": '
         f'{encode_basestring(system_prompt)}}}, {{"role": "user", "content": '
     )
-    return Text(
-        [
+    parts = [
+        '{"id": ',
+        *string_literals(ex, "id").parts,
+        head,
+        *string_literals(ex, "user").parts,
+        '}, {"role": "assistant", "content": ',
+        *string_literals(ex, "assistant").parts,
+        '}], "label": ',
+        *json_parts(ex.label),
+        ', "meta": ',
+        *json_parts(ex.meta),
+        "}\n",
+    ]
+    if has_stage2(ex):
+        # The person's stage-2 conversation, on the next line: same prompt, the earlier turn, the history turn.
+        ids = string_array(ex.frame["id"])
+        stage2_ids = pc.binary_join_element_wise(
+            ids, pa.scalar(STAGE2_SUFFIX, ids.type), pa.scalar("", ids.type)
+        )
+        stage = pd.Series(np.full(len(ex.frame), 2, dtype=np.int64))
+        parts += [
             '{"id": ',
-            *string_literals(ex, "id").parts,
+            *json_strings(stage2_ids),
             head,
             *string_literals(ex, "user").parts,
             '}, {"role": "assistant", "content": ',
-            *string_literals(ex, "assistant").parts,
+            *ex.text[STAGE2_EARLIER].parts,
+            '}, {"role": "user", "content": ',
+            *ex.text[STAGE2_TURN].parts,
+            '}, {"role": "assistant", "content": ',
+            *ex.text[STAGE2_ANSWER].parts,
             '}], "label": ',
             *json_parts(ex.label),
             ', "meta": ',
-            *json_parts(ex.meta),
+            *json_parts({**ex.meta, "stage": stage}),
             "}\n",
         ]
-    )
+    return Text(parts)
+
+
+def has_stage2(ex: ExampleFrame) -> bool:
+    """True when the examples carry stage-2 conversations (a source with ``data_prep.history``)."""
+    return STAGE2_ANSWER in ex.text
 
 
 def write_dataset(
@@ -280,12 +317,14 @@ def write_dataset(
     out.mkdir(parents=True, exist_ok=True)
     lines = example_parts(ex, task, system_prompt).fused()
     nbytes = lines.nbytes()
+    per_person = 2 if has_stage2(ex) else 1
     outputs, by_split, dist = {}, {}, {}
     for name in SPLITS:
         rows = np.flatnonzero(np.asarray(ex.frame["split"] == name))
         path = out / f"{name}.jsonl"
         digest = write_lines(path, lines, rows, nbytes[rows])
-        outputs[path.name] = {"examples": len(rows), "sha256": digest}
+        # Lines: one per person, two with stage-2 conversations (the counts below are of people).
+        outputs[path.name] = {"examples": len(rows) * per_person, "sha256": digest}
         by_split[name] = len(rows)
         dist[name] = _distribution(ex.frame["stratum"].iloc[rows])
         for _ in zip(range(VALIDATE_LINES), read_jsonl(path), strict=False):
@@ -313,6 +352,7 @@ def write_dataset(
             "written": written,
             "rejected": len(all_rejects),
             "by_split": by_split,
+            **({"stage2_by_split": by_split} if per_person == 2 else {}),
             "rejected_by_reason": dict(
                 sorted(Counter(_reason_kind(r.reason) for _, r in all_rejects).items(), key=lambda kv: -kv[1])
             ),

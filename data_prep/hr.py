@@ -47,6 +47,16 @@ training attrition rate; ``attrition_risk`` is ``high`` for an employee who left
 stayed ``medium`` when the cohort rate is at least ``medium_risk_rate``, else ``low``. No reason is
 written that the data does not support.
 
+History (``data_prep.history``, ``{column: label}``): columns shown only in the stage-2 (personalised) turn,
+never in the profile (`data_prep.stage2`). With a history, every employee gets a second line after the stage-1
+one, in the same split: the same prompt, the population-level answer as the earlier assistant turn (the
+cohort's Kaplan-Meier median tenure, or "at least" its longest when more than half stayed, its median time to
+promotion, and its training attrition rate as the risk: high from 50%, medium from ``medium_risk_rate``), the
+history turn, and the stage-1 answer again (the same labels) with the attrition reasons extended by the
+training attrition rate of the employees sharing each history value ("Overtime Yes: 98 of 330 left in training
+(30%)."; fewer than ``min_cohort``: said so). The manifest's ``history_rates`` holds those counts. The leak
+guard covers the history columns too.
+
 Records that cannot give an honest example are rejected with their line number: an empty required
 field, a date in none of ``date_formats``, an attrition value in neither list, a termination or
 promotion before hire, a leaver without a termination date when tenure comes from dates, a tenure of
@@ -71,8 +81,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep.config import pii_salt, recode_maps
-from data_prep.dataset import ExampleFrame, SourceRejects, input_files
+from data_prep.dataset import (
+    STAGE2_ANSWER,
+    STAGE2_EARLIER,
+    STAGE2_TURN,
+    ExampleFrame,
+    SourceRejects,
+    input_files,
+)
 from data_prep.fast import Coded, Text, coded, hash_strings, narrow_codes
+from data_prep.stage2 import HISTORY_HEADER, HISTORY_REQUEST, history_line
 from data_prep.table import TABLE_SUFFIXES, InputError, Reject, read_table, reading_options
 
 TASK = "hr"
@@ -129,7 +147,7 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
         n_records += t.n_records
         rejects.append(SourceRejects(Path(path).name, list(t.rejects), t.reading()))
         header = t.arrow.column_names
-        missing = [c for c in list(cols.values()) + list(src.profile) if c not in header]
+        missing = [c for c in list(cols.values()) + list(src.profile) + list(src.history) if c not in header]
         if missing:
             raise InputError(
                 f"{path}: column(s) {missing} not in its header {header[:40]}; fix the mapping "
@@ -152,6 +170,8 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             df[f] = _categories(_column(tables, c), recode.get(f))
     for c in src.profile:
         df["profile:" + c] = _categories(_column(tables, c), None if c in cols else recode.get(c))
+    for c in src.history:
+        df["history:" + c] = _categories(_column(tables, c), recode.get(c))
     raw_id = None
     if ID_FIELD in cols:
         raw_id = _strip_strings(_column(tables, cols[ID_FIELD]))
@@ -329,6 +349,8 @@ def build(cfg) -> tuple[ExampleFrame, list[SourceRejects], int, dict]:
             "group": pd.Series(pd.arrays.ArrowExtensionArray(group)),
             "entity": pd.Series(pd.arrays.ArrowExtensionArray(_entities(raw_id, group, tables, rows))),
             "stratum": pd.Categorical.from_codes(np.where(left, 0, 1).astype(np.int8), STRATA[:2]),
+            # The history (stage-2 turn only): categoricals, written by `answers` once the split is known.
+            **{"history:" + c: df["history:" + c] for c in src.history},
         }
     )
     label = {
@@ -424,14 +446,89 @@ def answers(ex: ExampleFrame, cfg) -> tuple[dict[str, Text], dict]:
     promo_answer = np.where(promo_event, promo, np.nan)
     censored = ex.label["tenure_censored"].to_numpy(dtype=bool)
     text = hr_answer_literals(tenure, promo_answer, risk, prob, cohort, reasons, cfg.answer_format, censored)
-    return {"assistant": text}, {
+    columns = {"assistant": text}
+    extra = {
         "cohorts": {
             k: {kk: v for kk, v in s.items() if kk != "attrition_rate"} for k, s in sorted(stats.items())
         }
     }
+    if src.history:
+        history = {c: ex.frame["history:" + c] for c in src.history}
+        population = _population_answer(stats, cohort, src, reasons, cfg.answer_format)
+        cited, rates = _history_reasons(history, left, train, src, cfg.answer_format)
+        personal = hr_answer_literals(
+            tenure, promo_answer, risk, prob, cohort, reasons, cfg.answer_format, censored, cited
+        )
+        columns.update(
+            {STAGE2_TURN: _history_turns(history, src), STAGE2_EARLIER: population, STAGE2_ANSWER: personal}
+        )
+        extra["history_rates"] = rates
+    return columns, extra
 
 
-def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: str, censored=None) -> Text:
+def _population_answer(stats: dict, cohort: pd.Categorical, src, reasons: dict, fmt: str) -> Text:
+    """The stage-1 answer the profile alone supports (the earlier turn of the stage-2 conversation): the cohort's
+    Kaplan-Meier median tenure (or "at least" its longest, when more than half stayed), its median time to
+    promotion, and its training attrition rate as the risk (high from 50%, medium from ``medium_risk_rate``)."""
+    codes = cohort.codes
+    s = [stats[k] for k in cohort.categories]
+    median = np.array([np.nan if x["median_tenure_years"] is None else x["median_tenure_years"] for x in s])
+    longest = np.array([0.0 if x["max_tenure_years"] is None else x["max_tenure_years"] for x in s])
+    at_least = np.isnan(median)
+    tenure = np.where(at_least, longest, median)[codes]
+    promo = np.array(
+        [np.nan if x["median_promotion_years"] is None else x["median_promotion_years"] for x in s]
+    )[codes]
+    rate = np.array([x["attrition_rate"] for x in s], dtype=float)[codes]
+    risk = pd.Categorical.from_codes(
+        np.where(rate >= 0.5, 2, np.where(rate >= src.medium_risk_rate, 1, 0)).astype(np.int8),
+        ["low", "medium", "high"],
+    )
+    return hr_answer_literals(tenure, promo, risk, np.round(rate, 2), cohort, reasons, fmt, at_least[codes])
+
+
+def _history_turns(history: dict[str, pd.Series], src) -> Text:
+    """The stage-2 user turn of every row as a JSON string literal (`data_prep.stage2.history_turn`)."""
+    parts: list = ['"' + _esc(HISTORY_HEADER)]
+    for c, values in history.items():
+        texts = [_esc(history_line(src.history[c], v)) for v in values.cat.categories]
+        parts.append(Coded(values.cat.codes.to_numpy(), _texts(texts)))
+    parts.append(_esc(HISTORY_REQUEST) + '"')
+    return Text(parts)
+
+
+def _history_reasons(history: dict[str, pd.Series], left, train, src, fmt: str) -> tuple[list, dict]:
+    """The attrition reasons stage 2 adds: for each history column, the training attrition rate of the people
+    with the same value (`Overtime Yes: 98 of 330 left in training (30%).`; fewer than ``min_cohort``: said so).
+
+    Returns:
+        `Coded` pieces to append to the attrition reason (escaped for ``fmt``), and the rates for the manifest.
+    """
+    prose = fmt == "prose"
+    pieces, rates = [], {}
+    for c, values in history.items():
+        codes = values.cat.codes.to_numpy()
+        n_cats = len(values.cat.categories)
+        n = np.bincount(codes[train], minlength=n_cats)
+        k = np.bincount(codes[train], weights=left[train].astype(float), minlength=n_cats).astype(int)
+        label = src.history[c]
+        texts, rates[c] = [], {}
+        for i, v in enumerate(values.cat.categories):
+            if v == "":
+                text = ""
+            elif n[i] < src.min_cohort:
+                text = f" {label} {v}: fewer than {src.min_cohort} in training."
+            else:
+                text = f" {label} {v}: {k[i]} of {n[i]} left in training ({round(100 * k[i] / n[i])}%)."
+            rates[c][str(v)] = {"n": int(n[i]), "left": int(k[i])}
+            texts.append(_esc(text if prose else encode_basestring(text)[1:-1]))
+        pieces.append(Coded(codes, _texts(texts)))
+    return pieces, rates
+
+
+def hr_answer_literals(
+    tenure, promo, risk, prob, cohort, reasons: dict, fmt: str, censored=None, attrition_extra=()
+) -> Text:
     """`data_prep.answers.render_answer` for many HR answers at once, as JSON string literals.
 
     Each piece is formatted and escaped once per distinct value; the pieces are joined row-wise when
@@ -446,6 +543,8 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
         reasons: ``{cohort: (tenure, promotion, attrition)}`` reason strings.
         fmt: ``prose`` or ``json``.
         censored: True where the tenure is a lower bound (still employed); None: none is.
+        attrition_extra: `Coded` pieces appended to the attrition reason (already escaped for ``fmt``): the
+            history rates of a stage-2 answer.
 
     Examples:
         python -c "from data_prep.hr import hr_answer_literals as f; print(f([3.14], [float('nan')], ['low'], [0.1], ['all'], {'all': ('a', 'b', 'c')}, 'prose').strings().to_pylist()[0])"
@@ -493,6 +592,7 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
             q,
             ")\n   Reasoning: ",
             reason(2),
+            *attrition_extra,
         ]
     else:
         parts = [
@@ -511,8 +611,9 @@ def hr_answer_literals(tenure, promo, risk, prob, cohort, reasons: dict, fmt: st
             ', "promotion": ',
             reason(1),
             ', "attrition": ',
-            reason(2),
-            "}}",
+            piece(cohort, lambda k: encode_basestring(reasons[k][2])[:-1]),
+            *attrition_extra,
+            '"}}',
         ]
     return Text(['"', *(_esc(x) if isinstance(x, str) else x for x in parts), '"'])
 

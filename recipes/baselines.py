@@ -9,8 +9,14 @@ Each task's baselines (features, models, their options in this config) live in i
 tickets (``tickets.*``: ``tfidf_logistic_regression``) in `data_prep.tasks.tickets`; a task from another module
 is fit once ``task_modules=[<module>]`` loads it. Tasks without a baseline (rubric, builtin) are left out.
 
-Outputs under ``out_dir``: ``predictions/<model>.jsonl`` (stage 1) and, with ``evaluate=true``,
-``eval/<model>/`` (the evaluator's report, summary and plots) and ``summary.md`` comparing the models.
+Stage 1 and stage 2: each model is fit on the stage-1 lines (the profile) and answers the stage-1 lines; where
+data_prep wrote stage-2 conversations (a mapping with ``data_prep.history``), the same model is fit again on the
+stage-2 lines (the profile and the history, read from their user turns) and answers as stage 2 for the same
+people, so the evaluator sets the two side by side with paired intervals of the difference.
+
+Outputs under ``out_dir``: ``predictions/<model>.jsonl`` (stage 1, and stage 2 where there is history) and,
+with ``evaluate=true``, ``eval/<model>/`` (the evaluator's report, summary and plots) and ``summary.md``
+comparing the models.
 
 Examples:
     python -m data_prep data_prep=hr_ibm_attrition input=../shared/data/hr/ibm_hr_attrition.csv out_dir=work/data/ibm splits.train=0.8 splits.validation=0 splits.test=0.2 pii.mode=drop answer_format=json
@@ -31,12 +37,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from data_prep import tasks
 from data_prep.predictions import Prediction, write_predictions
 from data_prep.schema import ChatExample, SchemaError, read_jsonl
+from data_prep.stage2 import is_stage2, person_id
 from data_prep.table import InputError
 from data_prep.tasks import BaselinesError
 from data_prep.tasks.hr import HrBaselineConfig
 from data_prep.tasks.tickets import TicketBaselineConfig
 from recipes import evaluate
-from recipes.report import fmt_ci
+from recipes.report import fmt, fmt_ci, fmt_diff
 
 MODEL_PREFIX = "baseline/"
 
@@ -127,12 +134,21 @@ def build(cfg) -> dict[str, list[Prediction]]:
             raise BaselinesError(
                 f"the {cfg.train_split} split has no {task.name} examples to fit on, but {cfg.eval_split} has {len(te)}"
             )
+        # Stage 1 from the profile (stage-1 lines); stage 2, where data_prep wrote stage-2 conversations, from
+        # the profile and the history (their user turns), answered for the same people.
+        stages = {
+            1: ([ex for ex in tr if not is_stage2(ex)], [ex for ex in te if not is_stage2(ex)]),
+            2: ([ex for ex in tr if is_stage2(ex)], [ex for ex in te if is_stage2(ex)]),
+        }
         for name in names:
-            answers = task.baseline_answers(name, tr, te, cfg)
-            out.setdefault(name, []).extend(
-                Prediction(ex.id, ex.task, MODEL_PREFIX + name, 1, json.dumps(a))
-                for ex, a in zip(te, answers, strict=True)
-            )
+            for stage, (fit_on, answer) in stages.items():
+                if not fit_on or not answer:
+                    continue
+                answers = task.baseline_answers(name, fit_on, answer, cfg)
+                out.setdefault(name, []).extend(
+                    Prediction(person_id(ex), ex.task, MODEL_PREFIX + name, stage, json.dumps(a))
+                    for ex, a in zip(answer, answers, strict=True)
+                )
     return out
 
 
@@ -152,10 +168,33 @@ def comparison_markdown(reports: dict[str, dict]) -> str:
         keys = list(reports[names[0]]["tasks"][task][g]["headline"])
         out += [f"## {task}: {g}", "", "| model | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
         for name in names:
+            compared = (
+                reports[name].get("stage_comparison", {}).get("tasks", {}).get(task, {}).get("groups", {})
+            )
+            if g in compared:
+                m = compared[g]["metrics"]
+                out += [
+                    f"| {name} stage 1 (profile) | " + " | ".join(fmt(m[k]["stage1"]) for k in keys) + " |",
+                    f"| {name} stage 2 (+ history) | " + " | ".join(fmt(m[k]["stage2"]) for k in keys) + " |",
+                    f"| {name} stage 2 - stage 1 | " + " | ".join(fmt_diff(m[k]) for k in keys) + " |",
+                ]
+                continue
             entry = reports[name]["tasks"][task][g]
             cells = [fmt_ci(entry["headline"][k], entry.get("ci", {}).get(k)) for k in keys]
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
+    sentences = [
+        f"- {name}: {r['stage_comparison']['summary']}"
+        for name, r in reports.items()
+        if "stage_comparison" in r
+    ]
+    if sentences:
+        out += [
+            "Stage 2 against stage 1 (paired bootstrap intervals of the difference, in brackets):",
+            "",
+            *sentences,
+            "",
+        ]
     return "\n".join(out) + "\n"
 
 

@@ -29,6 +29,14 @@ a task from another module is scored once ``task_modules=[<module>]`` loads it. 
 - Rubric: exact match of the score on the reference's scale, MAE of ``score / max_score``, and quadratic
   weighted kappa on whole points of the reference's scale.
 
+Stage 1 against stage 2: when the predictions hold both stages (``recipes.predict`` with a history, or
+``recipes.baselines`` on data with history), ``stage_comparison`` in the report sets them side by side on the
+same people (those with a parsed answer at both): each group's headline metrics at both stages, the difference
+(stage 2 - stage 1) with a paired bootstrap interval, per task and per slice, how many decisions stage 2 changed
+and whether each change was right, and one sentence saying whether stage 2 helped (its interval above zero on a
+group's primary metric), hurt, or made no measurable difference. The references' stage-2 lines (data_prep writes
+one after each stage-1 line) are the same people and are not scored on their own.
+
 Per-slice metrics group the examples by meta fields (``slices``: department, region, title,
 performance_rating, language); percentile bootstrap confidence intervals (seeded) accompany the headline
 metrics. Outputs under ``out_dir``: ``report.json``, ``summary.md``, ``calibration_<task>.png`` and
@@ -59,6 +67,7 @@ from data_prep.answers import AnswerParseError, normalise_answer, parse_answer
 from data_prep.metrics import Group, bootstrap_intervals, slice_metrics
 from data_prep.predictions import FAILURE_KINDS, PredictionLine, read_predictions
 from data_prep.schema import ChatExample, SchemaError, read_jsonl
+from data_prep.stage2 import is_stage2
 from recipes.harmony_text import NoFinalChannel, final_text
 from recipes.report import summary_markdown, write_plots
 
@@ -101,6 +110,7 @@ class BootstrapConfig:
     samples: int = 1000  # resamples per metric group; 0 turns intervals off
     confidence: float = 0.95  # two-sided percentile interval
     seed: int = 0
+    slice_samples: int = 200  # resamples per slice in the stage 1 / stage 2 comparison
 
 
 @dataclass
@@ -155,6 +165,8 @@ def validate(cfg) -> None:
         problems.append(f"calibration_bins={cfg.calibration_bins}; use a positive number of bins (10)")
     if cfg.bootstrap.samples < 0:
         problems.append(f"bootstrap.samples={cfg.bootstrap.samples}; use 0 (off) or more (1000)")
+    if cfg.bootstrap.slice_samples < 0:
+        problems.append(f"bootstrap.slice_samples={cfg.bootstrap.slice_samples}; use 0 (off) or more (200)")
     if not 0.0 < cfg.bootstrap.confidence < 1.0:
         problems.append(f"bootstrap.confidence={cfg.bootstrap.confidence}; use a level in (0, 1), e.g. 0.95")
     if cfg.max_listed < 0:
@@ -203,6 +215,8 @@ def _read_references(path: str) -> dict[str, ChatExample]:
     refs: dict[str, ChatExample] = {}
     try:
         for ex in read_jsonl(path):
+            if is_stage2(ex):
+                continue  # a person's stage-2 conversation: the same person and label as its stage-1 line
             if ex.id in refs:
                 raise EvaluateError(
                     f"references {path} has id {ex.id!r} twice; regenerate it with python -m data_prep"
@@ -334,6 +348,9 @@ def build(cfg) -> Evaluation:
             entry["slices"] = slice_metrics(g, list(cfg.slices))
             report["tasks"].setdefault(task, {})[g.name] = entry
             groups.append(g)
+    comparison = compare_stages(lines, refs, cfg)
+    if comparison is not None:
+        report["stage_comparison"] = comparison
     if cfg.bootstrap.samples > 0:
         report["bootstrap"] = {
             "samples": int(cfg.bootstrap.samples),
@@ -354,6 +371,179 @@ def _jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 1 against stage 2
+
+# Headline metrics where lower is better; every other one is better higher.
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "brier", "below_bound_share", "mae_normalised"})
+# The metric a group's verdict is read from: the first of these its headline has.
+PRIMARY_METRICS = ("accuracy", "f1", "exact_match", "mae")
+
+
+def compare_stages(lines: list[PredictionLine], refs: dict[str, ChatExample], cfg) -> dict | None:
+    """Stage 1 and stage 2 side by side on the same people: each group's headline metrics at both stages, the
+    difference (stage 2 - stage 1) with a paired bootstrap interval, the same per slice (``bootstrap.slice_samples``
+    resamples), and how many decisions stage 2 changed (to right, to wrong, wrong to wrong).
+
+    Only people with a parsed answer at both stages are compared. The bootstrap resamples people, the same
+    resample for both stages (seeded with ``bootstrap.seed``, one stream per group); a resample where a metric
+    is undefined is left out of its interval.
+
+    Returns:
+        The comparison with its one-sentence ``summary``; None when no referenced person has both stages.
+
+    Examples:
+        python -m recipes.evaluate predictions=work/runs/<run>/predictions.jsonl references=work/data/builtin/test.jsonl
+    """
+    known = set(tasks.names())
+    s1, _ = _select_stage(lines, "1")
+    s2, _ = _select_stage(lines, "2")
+    pairs: dict[str, list[tuple[ChatExample, dict, dict]]] = {}
+    for i, ex in refs.items():
+        if i not in s1 or i not in s2 or ex.task not in known:
+            continue
+        a1, p1 = read_answer(ex.task, s1[i])
+        a2, p2 = read_answer(ex.task, s2[i])
+        if p1 is None and p2 is None:
+            pairs.setdefault(ex.task, []).append((ex, a1, a2))
+    if not pairs:
+        return None
+    samples, level = int(cfg.bootstrap.samples), float(cfg.bootstrap.confidence)
+    out: dict = {"tasks": {}}
+    gi = 0
+    for task in sorted(pairs):
+        rows = pairs[task]
+        g1s = {g.name: g for g in tasks.get(task).groups([(ex, a1) for ex, a1, _ in rows], cfg)}
+        g2s = {g.name: g for g in tasks.get(task).groups([(ex, a2) for ex, _, a2 in rows], cfg)}
+        entry = {"people": len(rows), "answers_changed": sum(a1 != a2 for _, a1, a2 in rows), "groups": {}}
+        for name, g1 in g1s.items():
+            g2 = g2s.get(name)
+            if g2 is None or len(g1) != len(g2) or g1.meta != g2.meta:
+                continue  # the group kept other people at the two stages: nothing to pair
+            seed = int(cfg.bootstrap.seed) + gi
+            gi += 1
+            group = {"n": len(g1), "metrics": _paired(g1, g2, np.arange(len(g1)), samples, level, seed)}
+            decisions = _decision_changes(g1, g2)
+            if decisions is not None:
+                group["decisions"] = decisions
+            slice_samples = min(samples, int(cfg.bootstrap.slice_samples))
+            group["slices"] = _paired_slices(g1, g2, list(cfg.slices), slice_samples, level, seed)
+            entry["groups"][name] = group
+        out["tasks"][task] = entry
+    out["summary"] = comparison_sentence(out, level if samples > 0 else None)
+    return out
+
+
+def _paired(g1: Group, g2: Group, idx: np.ndarray, samples: int, level: float, seed: int) -> dict:
+    """``{metric: {stage1, stage2, difference, ci}}`` over the people ``idx`` of two aligned groups."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h1, h2 = g1.headline(g1.take(idx)), g2.headline(g2.take(idx))
+        rng = np.random.default_rng(seed)
+        diffs: dict[str, list[float]] = {k: [] for k in h1}
+        for _ in range(samples if len(idx) else 0):
+            take = idx[rng.integers(0, len(idx), len(idx))]
+            b1, b2 = g1.headline(g1.take(take)), g2.headline(g2.take(take))
+            for k in diffs:
+                ok = b1.get(k) is not None and b2.get(k) is not None
+                diffs[k].append(float(b2[k]) - float(b1[k]) if ok else math.nan)
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for k, v1 in h1.items():
+        v2 = h2.get(k)
+        arr = np.asarray(diffs[k], dtype=float)
+        arr = arr[~np.isnan(arr)]
+        ci = [float(np.quantile(arr, alpha)), float(np.quantile(arr, 1.0 - alpha))] if len(arr) else None
+        diff = None if v1 is None or v2 is None else float(v2) - float(v1)
+        out[k] = {"stage1": v1, "stage2": v2, "difference": diff, "ci": ci if samples > 0 else None}
+    return out
+
+
+def _paired_slices(g1: Group, g2: Group, fields: list[str], samples: int, level: float, seed: int) -> dict:
+    """`_paired` per value of each meta field the people carry (largest slice first)."""
+    out = {}
+    for f in fields:
+        values = [m.get(f) for m in g1.meta]
+        present = Counter(str(v) for v in values if v is not None and str(v) != "")
+        rows = []
+        for value, n in sorted(present.items(), key=lambda kv: (-kv[1], kv[0])):
+            idx = np.array([i for i, v in enumerate(values) if v is not None and str(v) == value])
+            rows.append({"value": value, "n": n, "metrics": _paired(g1, g2, idx, samples, level, seed)})
+        if rows:
+            out[f] = rows
+    return out
+
+
+def _decision_changes(g1: Group, g2: Group) -> dict | None:
+    """How many of a group's decisions stage 2 changed, and whether each change was right: ``to_right`` (stage 1
+    wrong, stage 2 right), ``to_wrong`` (the reverse), ``wrong_to_wrong``. None for a group without a decision
+    to be right about (durations)."""
+    key = "pred" if "pred" in g1.data else "p"
+    y = g1.data.get("y")
+    d1, d2 = g1.data.get(key), g2.data.get(key)
+    if y is None or d1 is None or (key == "p" and np.asarray(d1).dtype.kind == "f"):
+        return None
+    changed = d1 != d2
+    return {
+        "changed": int(changed.sum()),
+        "to_right": int((changed & (d2 == y)).sum()),
+        "to_wrong": int((changed & (d1 == y)).sum()),
+        "wrong_to_wrong": int((changed & (d1 != y) & (d2 != y)).sum()),
+    }
+
+
+def _primary(metrics: dict) -> str | None:
+    return next((m for m in PRIMARY_METRICS if m in metrics), next(iter(metrics), None))
+
+
+def comparison_sentence(comparison: dict, level: float | None) -> str:
+    """One sentence saying whether stage 2 helped, from each group's primary metric and its paired interval:
+    helped where the interval lies wholly on the better side of zero, hurt where wholly on the worse side.
+
+    Examples:
+        python -c "from recipes.evaluate import comparison_sentence; print(comparison_sentence({'tasks': {}}, 0.95))"
+    """
+    verdicts, parts = [], []
+    for task, entry in comparison["tasks"].items():
+        for name, g in entry["groups"].items():
+            metric = _primary(g["metrics"])
+            m = g["metrics"].get(metric) if metric else None
+            if m is None or m["difference"] is None:
+                continue
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            ci = m["ci"]
+            if ci is None:
+                verdict = "unknown"
+            elif sign * ci[0] > 0 and sign * ci[1] > 0:
+                verdict = "helped"
+            elif sign * ci[0] < 0 and sign * ci[1] < 0:
+                verdict = "hurt"
+            else:
+                verdict = "no difference"
+            verdicts.append(verdict)
+            text = f"{task} {name} {metric} {m['stage1']:.3f} -> {m['stage2']:.3f} ({m['difference']:+.3f}"
+            text += f", {level:.0%} CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else ""
+            dec = g.get("decisions")
+            if dec is not None:
+                text += (
+                    f"; {dec['changed']} of {g['n']} answers changed: {dec['to_right']} to right, "
+                    f"{dec['to_wrong']} to wrong"
+                )
+            parts.append(text + ")")
+    if not parts:
+        return (
+            "Stage 2 could not be compared with stage 1: no metric is defined on the people with both stages."
+        )
+    detail = "; ".join(parts)
+    if "hurt" in verdicts:
+        return f"Stage 2 hurt: {detail}."
+    if "helped" in verdicts:
+        return f"Stage 2 helped: {detail}."
+    if "unknown" in verdicts:
+        return f"Stage 2 against stage 1, without intervals (bootstrap.samples=0): {detail}."
+    return f"Stage 2 made no measurable difference (every interval includes 0): {detail}."
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -476,6 +666,8 @@ def main(cfg: DictConfig) -> None:
     )
     for line in headline_lines(report):
         print(line)
+    if "stage_comparison" in report:
+        print(report["stage_comparison"]["summary"])
     for name, p in paths.items():
         print(f"{name:>12}: {p}")
 

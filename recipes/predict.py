@@ -2,9 +2,13 @@
 
 Stage 1 answers each example's prompt as trained (system + profile). Stage 2 continues that conversation:
 the stage-1 answer stays in context and a user turn adds the individual's history (tenure so far, project
-completion rate, manager feedback, engagement score, ...), asking for an updated prediction. Examples without
-a history get stage 1 only. The output JSONL (``data_prep.predictions.Prediction``) keeps both stages: the raw
-generated text (harmony final channel included) and the parsed answer.
+completion rate, manager feedback, engagement score, ...), asking for an updated prediction. The stage-2 prompt
+is the one data_prep trains on (`data_prep.stage2`): its history turn is taken verbatim from the person's
+stage-2 line in ``input`` (data_prep writes one after each stage-1 line of a source with history), else built
+from ``meta.history`` or the ``history`` file. Both stages run by default; examples without a history get
+stage 1 only, and stage-2 lines are never predicted as inputs of their own. The output JSONL
+(``data_prep.predictions.Prediction``) keeps both stages: the raw generated text (harmony final channel included)
+and the parsed answer.
 
 Backends: the exported Hugging Face model through transformers (CPU or GPU), or an OpenAI-compatible endpoint
 (vLLM or NIM serving the exported model) through the ``openai`` client: ``endpoint_client.concurrency`` requests
@@ -43,6 +47,7 @@ from data_prep.answers import AnswerParseError, parse_answer
 from data_prep.harmony import DEFAULT_DATE, DEFAULT_EFFORT, generation_prompt
 from data_prep.predictions import Prediction, PredictionsAppender, write_predictions
 from data_prep.schema import ChatExample
+from data_prep.stage2 import history_turn, is_stage2, person_id, stage2_messages
 from recipes.harmony_text import NoFinalChannel, final_text
 
 # numexpr (through pandas) reports its thread count at INFO, which Hydra's console handler would print.
@@ -50,16 +55,6 @@ logging.getLogger("numexpr").setLevel(logging.WARNING)
 
 # A generator maps conversations (lists of messages ending with a user turn) to raw generated texts.
 Generator = Callable[[list[list[dict]]], list[str]]
-
-HISTORY_LABELS = {
-    "tenure_years": "Tenure so far (years)",
-    "project_completion_rate": "Project completion rate",
-    "manager_feedback": "Manager feedback",
-    "engagement_score": "Engagement score",
-    "last_promotion_years_ago": "Years since last promotion",
-    "recent_rating": "Most recent rating",
-}
-
 
 FINAL_HEADER = "<|channel|>final<|message|>"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -173,27 +168,15 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def history_text(history: dict) -> str:
-    """The stage-2 user turn: the individual's history, one line per field, and the request to update."""
-    lines = [f"- {HISTORY_LABELS.get(k, k.replace('_', ' ').capitalize())}: {v}" for k, v in history.items()]
-    return (
-        "Individual history:\n"
-        + "\n".join(lines)
-        + "\n\nTaking this individual's history into account, update the prediction. Answer in the same format."
-    )
-
-
 def stage1_messages(ex: ChatExample) -> list[dict]:
     msgs = ex.messages
     return [dict(m) for m in (msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs)]
 
 
-def stage2_messages(ex: ChatExample, stage1_final: str, history: dict) -> list[dict]:
-    return [
-        *stage1_messages(ex),
-        {"role": "assistant", "content": stage1_final},
-        {"role": "user", "content": history_text(history)},
-    ]
+def stage2_prompt(ex: ChatExample, stage1_final: str, turn: str) -> list[dict]:
+    """The stage-2 conversation around the model's own stage-1 answer, built as data_prep builds the training
+    conversations (`data_prep.stage2.stage2_messages`); ``turn`` is the history turn."""
+    return stage2_messages(stage1_messages(ex), stage1_final, turn)
 
 
 def read_examples(path: str | Path) -> list[ChatExample]:
@@ -213,15 +196,26 @@ def read_examples(path: str | Path) -> list[ChatExample]:
     return out
 
 
-def read_histories(path: str | Path | None, examples: Iterable[ChatExample]) -> dict[str, dict]:
-    if path is None:
-        return {ex.id: ex.meta["history"] for ex in examples if ex.meta.get("history")}
-    out = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                out[str(d["id"])] = dict(d["history"])
+def history_turns(path: str | Path | None, lines: Iterable[ChatExample]) -> dict[str, str]:
+    """The stage-2 user turn of every person that has a history, by stage-1 id.
+
+    From the ``history`` file when given (JSONL ``{"id": ..., "history": {...}}``, rendered by
+    `data_prep.stage2.history_turn`); else from the input: the history turn of a person's stage-2 line (verbatim,
+    so the prompt is the training prompt), or ``meta.history`` of the stage-1 line.
+    """
+    lines = list(lines)
+    if path is not None:
+        out = {}
+        with Path(path).open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    out[str(d["id"])] = history_turn(dict(d["history"]))
+        return out
+    out = {ex.id: history_turn(ex.meta["history"]) for ex in lines if ex.meta.get("history")}
+    for ex in lines:
+        if is_stage2(ex) and len(ex.messages) >= 2 and ex.messages[-2]["role"] == "user":
+            out[person_id(ex)] = ex.messages[-2]["content"]
     return out
 
 
@@ -247,13 +241,16 @@ def _parse(task: str, raw: str) -> dict | None:
 def predict(
     examples: list[ChatExample],
     generate: Generator,
-    histories: dict[str, dict],
+    histories: dict[str, str],
     model_name: str,
     stages=(1, 2),
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[Prediction]:
     """Both stages for every example, batched; returns the prediction lines in input order.
+
+    ``histories`` maps an example's id to its history turn (`history_turns`); an example without one gets
+    stage 1 only.
 
     Examples:
         python -m recipes.predict model_dir=<hf folder> input=<chat jsonl> out=<predictions jsonl>
@@ -279,7 +276,7 @@ def predict(
             if ex.id in histories and _final_or_none(r) is not None
         ]
         if todo:
-            raw2 = generate([stage2_messages(ex, _final_or_none(r), histories[ex.id]) for ex, r in todo])
+            raw2 = generate([stage2_prompt(ex, _final_or_none(r), histories[ex.id]) for ex, r in todo])
             lines += [
                 Prediction(ex.id, ex.task, model_name, 2, r, _parse(ex.task, r))
                 for (ex, _), r in zip(todo, raw2, strict=False)
@@ -409,7 +406,7 @@ class EndpointGenerator:
 def predict_endpoint(
     examples: list[ChatExample],
     gen: EndpointGenerator,
-    histories: dict[str, dict],
+    histories: dict[str, str],
     model_name: str,
     out: PredictionsAppender,
     stages=(1, 2),
@@ -440,7 +437,7 @@ def predict_endpoint(
     def after_stage1(ex: ChatExample, raw1: str) -> None:
         final = _final_or_none(raw1)
         if wants_stage2(ex) and final is not None:
-            msgs = stage2_messages(ex, final, histories[ex.id])
+            msgs = stage2_prompt(ex, final, histories[ex.id])
             pending[pool.submit(gen.complete, msgs)] = (ex, 2)
         elif wants_stage2(ex):
             bar.total -= 1  # no final answer at stage 1: nothing to update
@@ -485,8 +482,11 @@ def predict_endpoint(
 def run(cfg) -> Path:
     """Predict for a config (see `PredictConf`) and write the predictions JSONL; returns its path."""
     validate(cfg)
-    examples = read_examples(cfg.input)[: cfg.limit]
-    histories = read_histories(cfg.history, examples)
+    lines_in = read_examples(cfg.input)
+    # A person's stage-2 line (data_prep writes one after each stage-1 line) gives the history turn; the
+    # examples predicted are the stage-1 lines.
+    examples = [ex for ex in lines_in if not is_stage2(ex)][: cfg.limit]
+    histories = history_turns(cfg.history, lines_in)
     if cfg.model_dir:
         generate = TransformersGenerator(
             cfg.model_dir, cfg.max_new_tokens, cfg.device, cfg.date, cfg.reasoning_effort

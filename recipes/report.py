@@ -99,7 +99,70 @@ def summary_markdown(report: dict) -> str:
                     for r in rows
                 ]
                 out.append("")
+    if "stage_comparison" in report:
+        out += stage_comparison_markdown(report["stage_comparison"], level)
     return "\n".join(out) + "\n"
+
+
+def fmt_diff(m: dict) -> str:
+    """A paired difference with its interval, ``+0.141 [+0.062, +0.234]``."""
+    if m["difference"] is None:
+        return "n/a"
+    text = f"{m['difference']:+.3f}"
+    return f"{text} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]" if m.get("ci") else text
+
+
+def stage_comparison_markdown(comparison: dict, level: float | None) -> list[str]:
+    """The stage comparison of a report (``recipes.evaluate.compare_stages``): its sentence, then per metric group
+    a table of stage 1, stage 2 and the paired difference, the decisions stage 2 changed, and the slices."""
+    out = ["## Stage 2 (personalised) against stage 1 (profile)", "", comparison["summary"], ""]
+    interval = f", paired {level:.0%} bootstrap interval" if level else ""
+    for task, entry in comparison["tasks"].items():
+        for name, g in entry["groups"].items():
+            out += [
+                f"### {task}: {name} ({g['n']} people with both stages)",
+                "",
+                f"| metric | stage 1 | stage 2 | stage 2 - stage 1{interval} |",
+                "|---|---|---|---|",
+            ]
+            out += [
+                f"| {k} | {fmt(m['stage1'])} | {fmt(m['stage2'])} | {fmt_diff(m)} |"
+                for k, m in g["metrics"].items()
+            ]
+            out.append("")
+            if "decisions" in g:
+                d = g["decisions"]
+                out += [
+                    f"Stage 2 changed {d['changed']} of {g['n']} answers: {d['to_right']} to right, "
+                    f"{d['to_wrong']} to wrong, {d['wrong_to_wrong']} from one wrong answer to another.",
+                    "",
+                ]
+            for f, rows in g["slices"].items():
+                keys = list(g["metrics"])
+                out += [
+                    f"By {f} (stage 1 / stage 2, difference):",
+                    "",
+                    "| " + " | ".join([f, "n", *keys]) + " |",
+                    "|" + "---|" * (len(keys) + 2),
+                ]
+                out += [
+                    "| "
+                    + " | ".join(
+                        [
+                            r["value"],
+                            str(r["n"]),
+                            *(
+                                f"{fmt(r['metrics'][k]['stage1'])} / {fmt(r['metrics'][k]['stage2'])}, "
+                                f"{fmt_diff(r['metrics'][k])}"
+                                for k in keys
+                            ),
+                        ]
+                    )
+                    + " |"
+                    for r in rows
+                ]
+                out.append("")
+    return out
 
 
 def write_plots(report: dict, groups: list[Group], out_dir: Path) -> list[Path]:

@@ -158,6 +158,7 @@ class HrTask(Task):
     required = ("title", "department")
     options = (
         "profile",
+        "history",
         "true_values",
         "false_values",
         "pii_columns",
@@ -229,8 +230,8 @@ class HrTask(Task):
         """The leak guard: refuse a prompt line whose values determine attrition on the training split.
 
         Every line of the profile (hire date, title, department, region, performance and the ``profile``
-        columns) is measured against the attrition label of the training examples with the rule of
-        `data_prep.inspect.label_leaks`; a column at NMI >= 0.9 is refused unless listed in
+        columns) and of the history (``history`` columns, the stage-2 turn) is measured against the attrition
+        label of the training examples with the rule of `data_prep.inspect.label_leaks`; a column at NMI >= 0.9 is refused unless listed in
         ``data_prep.allow_label_columns``.
 
         Raises:
@@ -239,6 +240,8 @@ class HrTask(Task):
         src = cfg.data_prep
         train = np.flatnonzero(np.asarray(ex.frame["split"] == "train"))
         shown = _prompt_columns(ex, src, train)
+        # The history is a prompt too (the stage-2 turn).
+        shown.update({c: ex.frame["history:" + c].iloc[train] for c in src.history})
         allowed = set(src.allow_label_columns)
         columns = {c: v for c, v in shown.items() if c not in allowed}
         leaks = label_leaks(columns, ex.label["attrition"].to_numpy(dtype=bool)[train])
@@ -496,15 +499,16 @@ class HrTask(Task):
 
 
 def profile_features(example: ChatExample) -> dict[str, float | str]:
-    """The ``- Key: value`` lines of the example's last user message, typed for `DictVectorizer`.
+    """The ``- Key: value`` lines of the example's user messages, typed for `DictVectorizer`: the profile of a
+    stage-1 example, the profile and the history of a stage-2 one (never the assistant's earlier turn).
 
     Numbers become floats, ``YYYY-MM-DD`` dates decimal years, anything else a string (one-hot encoded).
 
     Examples:
         python -c "from data_prep.tasks.hr import profile_features; from data_prep.schema import ChatExample; print(profile_features(ChatExample('a', 'hr', [{'role': 'user', 'content': '- Age: 41\\n- Department: Sales'}, {'role': 'assistant', 'content': 'x'}])))"
     """
-    user = [m["content"] for m in example.messages if m.get("role") == "user"][-1]
-    return {k.strip(): _typed(v) for k, v in _PROFILE_LINE.findall(user) if v.strip()}
+    users = [m["content"] for m in example.messages if m.get("role") == "user"]
+    return {k.strip(): _typed(v) for user in users for k, v in _PROFILE_LINE.findall(user) if v.strip()}
 
 
 def _typed(value: str) -> float | str:

@@ -16,7 +16,14 @@ SOURCES = sorted(p.stem for p in (CONF / "data_prep").glob("*.yaml"))
 
 
 def test_shipped_sources():
-    assert SOURCES == ["hr_generic", "hr_hrdataset_v14", "hr_ibm_attrition", "rubric", "tickets"]
+    assert SOURCES == [
+        "hr_generic",
+        "hr_hrdataset_v14",
+        "hr_ibm_attrition",
+        "hr_ibm_attrition_history",
+        "rubric",
+        "tickets",
+    ]
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -248,3 +248,99 @@ def test_ibm_attrition_baselines_beat_the_trivial_classifier(tmp_path, ibm_csv, 
     # With every column, logistic regression is the strongest: F1 about twice the trivial one.
     rep = json.loads((tmp_path / "all_columns" / "eval" / "logistic_regression" / "report.json").read_text())
     assert rep["tasks"]["hr"]["attrition"]["metrics"]["f1"] > trivial_f1 + 0.2
+
+
+def _write_hr_with_history(tmp_path, n_train=240, n_test=120):
+    """Stage-1 lines show the profile without overtime and satisfaction; each person's stage-2 line (as data_prep
+    writes it) adds them as history. The label is "overtime and low satisfaction": only stage 2 can see it."""
+    from data_prep.stage2 import history_turn, stage2_id, stage2_messages
+
+    rng = random.Random(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        lines = []
+        for i in range(n):
+            ex, row = _hr_example(rng, i, split)
+            profile = "\n".join(
+                line
+                for line in ex.messages[0]["content"].splitlines()
+                if "Overtime" not in line and "Satisf" not in line
+            )
+            prompt = [{"role": "user", "content": profile}]
+            answer = {"role": "assistant", "content": "-"}
+            turn = history_turn({"Overtime": row["Overtime"], "Job Satisfaction": row["JobSatisfaction"]})
+            lines.append(ChatExample(ex.id, "hr", [*prompt, answer], ex.label, ex.meta))
+            lines.append(
+                ChatExample(
+                    stage2_id(ex.id),
+                    "hr",
+                    [*stage2_messages(prompt, "-", turn), answer],
+                    ex.label,
+                    {**ex.meta, "stage": 2},
+                )
+            )
+        write_jsonl(tmp_path / f"{split}.jsonl", lines)
+
+
+def test_baselines_report_profile_and_history_as_stage_1_and_stage_2(tmp_path, cfg_for):
+    _write_hr_with_history(tmp_path)
+    paths = baselines.run(cfg_for(tmp_path, "hr.models=[logistic_regression]", "bootstrap_samples=200"))
+    lines = [json.loads(x) for x in paths["logistic_regression"].read_text(encoding="utf-8").splitlines()]
+    # Both stages for every test person, under the person's (stage-1) id.
+    assert sorted((x["id"], x["stage"]) for x in lines) == sorted(
+        (f"test-{i}", s) for i in range(120) for s in (1, 2)
+    )
+    rep = _report(tmp_path, "logistic_regression")
+    assert rep["counts"]["references"] == rep["counts"]["scored"] == 120
+    f1 = rep["stage_comparison"]["tasks"]["hr"]["groups"]["attrition"]["metrics"]["f1"]
+    # The profile cannot see the rule (no leaver is called); the history gives it away.
+    assert f1["stage1"] < 0.3 and f1["stage2"] >= 0.9 and f1["ci"][0] > 0.5, f1
+    assert rep["stage_comparison"]["summary"].startswith("Stage 2 helped")
+    summary = paths["summary"].read_text(encoding="utf-8")
+    for row in ("| logistic_regression stage 1 (profile) |", "| logistic_regression stage 2 (+ history) |"):
+        assert row in summary
+    assert "| logistic_regression stage 2 - stage 1 |" in summary and "Stage 2 helped" in summary
+
+
+def test_ibm_history_mapping_stage_2_beats_stage_1(tmp_path, ibm_csv, compose):
+    """The README's stage 1 / stage 2 table: the four history columns (satisfactions, involvement, overtime) lift
+    logistic regression's leaver F1 from 0.21 to 0.47 on the same 294 test employees."""
+    from data_prep.prepare import run as prepare
+
+    data = tmp_path / "ibm_history"
+    prepare(
+        compose(
+            "data_prep",
+            [
+                "data_prep=hr_ibm_attrition_history",
+                f"input={ibm_csv}",
+                f"out_dir={data}",
+                "splits.train=0.8",
+                "splits.validation=0.0",
+                "splits.test=0.2",
+                "seed=0",
+                "pii.mode=drop",
+                "answer_format=json",
+                "progress=false",
+            ],
+        ),
+        log_fn=lambda _: None,
+    )
+    out = tmp_path / "out"
+    cfg = compose(
+        "baselines",
+        [
+            f"data_dir={data}",
+            f"out_dir={out}",
+            "hr.models=[logistic_regression]",
+            "bootstrap_samples=200",
+            "plots=false",
+        ],
+    )
+    baselines.run(cfg)
+    rep = json.loads((out / "eval" / "logistic_regression" / "report.json").read_text(encoding="utf-8"))
+    assert rep["counts"]["references"] == rep["counts"]["scored"] == 294
+    m = rep["stage_comparison"]["tasks"]["hr"]["groups"]["attrition"]["metrics"]
+    print({k: (round(v["stage1"], 3), round(v["stage2"], 3), v["ci"]) for k, v in m.items()})
+    assert (round(m["f1"]["stage1"], 3), round(m["f1"]["stage2"], 3)) == (0.214, 0.466)
+    assert m["f1"]["ci"][0] > 0 and m["roc_auc"]["ci"][0] > 0
+    assert rep["stage_comparison"]["summary"].startswith("Stage 2 helped")

@@ -9,11 +9,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from data_prep.builtin import generate
+from data_prep.schema import write_jsonl
+from data_prep.stage2 import history_turn, is_stage2, person_id
 from recipes.predict import (
     EndpointGenerator,
     TransformersGenerator,
+    history_turns,
     predict,
-    stage2_messages,
+    stage1_messages,
+    stage2_prompt,
 )
 
 HIGH, LOW = "Attrition risk: High", "Attrition risk: Low"
@@ -35,7 +39,12 @@ def rule_generator(conversations):
 
 
 def _examples(n=6):
-    return generate(0)["test"][:n]
+    """The first ``n`` people's stage-1 lines of the built-in test split."""
+    return [ex for ex in generate(0)["test"] if not is_stage2(ex)][:n]
+
+
+def _turns(histories: dict) -> dict:
+    return {k: history_turn(h) for k, h in histories.items()}
 
 
 def test_stage2_differs_where_history_warrants():
@@ -44,7 +53,7 @@ def test_stage2_differs_where_history_warrants():
         examples[0].id: {"tenure_years": 3.5, "engagement_score": 1.5, "manager_feedback": "disengaged"},
         examples[1].id: {"tenure_years": 6.0, "engagement_score": 4.5, "manager_feedback": "strong"},
     }
-    lines = predict(examples, rule_generator, histories, "rule", batch_size=4, progress=False)
+    lines = predict(examples, rule_generator, _turns(histories), "rule", batch_size=4, progress=False)
     stage1 = {p.id: p.raw for p in lines if p.stage == 1}
     stage2 = {p.id: p.raw for p in lines if p.stage == 2}
     assert set(stage1) == {ex.id for ex in examples}
@@ -61,7 +70,7 @@ def test_stage2_conversation_carries_stage1_and_history(tiny_hf):
     from data_prep.harmony import generation_prompt
 
     ex = _examples(1)[0]
-    msgs = stage2_messages(ex, LOW, {"engagement_score": 2, "project_completion_rate": "60%"})
+    msgs = stage2_prompt(ex, LOW, history_turn({"engagement_score": 2, "project_completion_rate": "60%"}))
     assert [m["role"] for m in msgs][-3:] == ["user", "assistant", "user"]
     prompt = generation_prompt(msgs, AutoTokenizer.from_pretrained(tiny_hf))
     # The earlier answer is an ended final message (<|end|>), the history a new user turn.
@@ -114,7 +123,7 @@ def test_endpoint_generator_against_local_server():
 
 def test_real_run_on_tiny_model(tiny_hf):
     examples = _examples(3)
-    histories = {ex.id: {"engagement_score": 1, "tenure_years": 2} for ex in examples[:2]}
+    histories = _turns({ex.id: {"engagement_score": 1, "tenure_years": 2} for ex in examples[:2]})
     gen = TransformersGenerator(tiny_hf, max_new_tokens=6, device="cpu")
     lines = predict(examples, gen, histories, "tiny", batch_size=2, progress=False)
     assert [(p.id, p.stage) for p in lines if p.stage == 2] == [(ex.id, 2) for ex in examples[:2]]
@@ -123,3 +132,47 @@ def test_real_run_on_tiny_model(tiny_hf):
     # untrained model's near-tied logits may flip within ~1e-5 of padding noise, so the batching is kept.)
     again = predict(examples, gen, histories, "tiny", batch_size=2, progress=False)
     assert [p.raw for p in again] == [p.raw for p in lines]
+
+
+def test_stage2_prompt_is_the_training_prompt(tmp_path):
+    """Given the stage-1 answer the training conversation holds, prediction builds exactly the prompt of the
+    person's stage-2 training line, from the data file alone (its stage-2 line) or from meta.history."""
+    lines = generate(0)["test"][:8]
+    path = tmp_path / "test.jsonl"
+    write_jsonl(path, lines)
+    from recipes.predict import read_examples
+
+    read = read_examples(path)
+    turns = history_turns(None, read)
+    by_id = {ex.id: ex for ex in read}
+    stage2_lines = [ex for ex in read if is_stage2(ex)]
+    assert len(stage2_lines) == 4 and set(turns) == {person_id(ex) for ex in stage2_lines}
+    for s2 in stage2_lines:
+        s1 = by_id[person_id(s2)]
+        assert stage2_prompt(s1, s2.messages[2]["content"], turns[s1.id]) == s2.prompt_messages
+        assert stage1_messages(s1) == s2.prompt_messages[:2]
+        # meta.history renders the same turn as the stage-2 line holds.
+        assert history_turn(s1.meta["history"]) == s2.messages[-2]["content"]
+
+
+def test_run_predicts_people_not_stage2_lines(tmp_path, monkeypatch):
+    """A data_prep test file (stage-1 and stage-2 lines): one stage-1 and one stage-2 answer per person."""
+    from omegaconf import OmegaConf
+
+    from data_prep.predictions import read_predictions
+    from recipes import predict as predict_mod
+
+    path = tmp_path / "test.jsonl"
+    write_jsonl(path, generate(0)["test"][:6])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    monkeypatch.setattr(predict_mod, "TransformersGenerator", lambda *a, **k: rule_generator)
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(predict_mod.PredictConf),
+        {"model_dir": str(tmp_path / "model"), "input": str(path), "out": str(tmp_path / "p.jsonl")},
+    )
+    predict_mod.run(cfg)
+    lines, malformed = read_predictions(tmp_path / "p.jsonl")
+    assert not malformed
+    people = [f"builtin-test-{i:04d}" for i in range(3)]
+    assert sorted((p.id, p.stage) for p in lines) == sorted((i, s) for i in people for s in (1, 2))
