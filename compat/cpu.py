@@ -206,17 +206,24 @@ def _patch_megatron() -> None:
         moe_utils.te_general_gemm = None
 
     # Sequential experts add their bias in place onto RowParallelLinear's output (transformer/mlp.py:231);
-    # that output comes straight out of an autograd Function (_ReduceFromModelParallelRegion returns its input
-    # as a view), which torch forbids modifying in place under grad. TE's grouped experts never take this
-    # path. A copy of the reduced output makes the in-place add legal and leaves the values unchanged.
+    # that output comes straight out of an autograd Function, which returns its input as a view over a group
+    # of one (_ReduceFromModelParallelRegion; _ReduceScatterToSequenceParallelRegion, reached when sequence
+    # parallel is on and the experts are not expert-parallel, tensor_parallel/layers.py:1270), and torch
+    # forbids modifying that in place under grad. TE's grouped experts never take this path. A copy of the
+    # reduced output makes the in-place add legal and leaves the values unchanged.
     import megatron.core.tensor_parallel.layers as tp_layers
 
     reduce = tp_layers.reduce_from_tensor_model_parallel_region
+    reduce_scatter = tp_layers.reduce_scatter_to_sequence_parallel_region
 
     def reduce_then_copy(input_, group=None):
         return reduce(input_, group=group).clone()
 
+    def reduce_scatter_then_copy(input_, *args, **kwargs):
+        return reduce_scatter(input_, *args, **kwargs).clone()
+
     tp_layers.reduce_from_tensor_model_parallel_region = reduce_then_copy
+    tp_layers.reduce_scatter_to_sequence_parallel_region = reduce_scatter_then_copy
 
     # CudaRNGStatesTracker.fork swaps CUDA RNG states (tensor_parallel/random.py:209); on CPU there are none,
     # and megatron_init only seeds the tracker when a GPU exists. Forking becomes a plain context.

@@ -146,12 +146,14 @@ class Plan:
     pp: int = 1
     ep: int = 1
     etp: int = 1
+    sequence_parallel: bool = False
     micro_batch: int = 1
     global_batch: int = 8
     seq_length: int = 2048
     base_weights: str = "model"  # model | fp8
     recompute: str = "none"  # none | full
     load: str = "whole"  # whole | layerwise
+    link_gbs: float | None = None  # the inter-node link's measured bus bandwidth, GB/s; None: nominal
 
     @property
     def world(self) -> int:
@@ -387,6 +389,7 @@ def layout_problems(
     peft: str,
     lora_targets,
     base_weights: str,
+    sequence_parallel: bool = True,
 ) -> list[str]:
     """The rules a run's layout must follow, each stated here once; empty when it follows them all.
 
@@ -397,6 +400,20 @@ def layout_problems(
         python -c "from recipes.plan import layout_problems as f; print(f(experts=32, world=1, tp=1, pp=1, ep=3, etp=1, peft='lora', lora_targets=[], base_weights='model'))"
     """
     out = []
+    if tp > 1 and not sequence_parallel:
+        # megatron-core asserts it for MoE layers with TP > 1 (transformer/moe/moe_layer.py:265).
+        out.append(
+            f"tensor_model_parallel_size={tp} with MoE needs sequence parallelism: "
+            "parallel.sequence_parallel=true (or parallel=tp2 / tp2_ep2)"
+        )
+    experts_train = peft == "none" or (peft == "lora" and {"linear_fc1", "linear_fc2"} & set(lora_targets))
+    if tp > 1 and ep == 1 and etp < tp and experts_train:
+        # compat.grad_sync explains it and stops such a run at its first step on any device.
+        out.append(
+            f"tensor_model_parallel_size={tp} with expert_model_parallel_size=1 trains a copy of the experts "
+            "on each TP rank's slice of the sequence and never sums their gradients (the copies drift apart): "
+            f"use parallel.expert_model_parallel_size={tp} (parallel=tp2_ep2), or train attention only (peft=lora)"
+        )
     if base_weights == "fp8" and peft != "lora":
         out.append(
             "precision=fp8_base freezes the base weights in FP8: it needs peft=lora (or precision=bf16)"
@@ -438,6 +455,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         peft=cfg.peft.name,
         lora_targets=cfg.peft.target_modules,
         base_weights=cfg.precision.base_weights if "precision" in cfg else "model",
+        sequence_parallel=p.sequence_parallel,
     )
 
 
@@ -453,6 +471,7 @@ def plan_layout_problems(plan: Plan) -> list[str]:
         peft=plan.peft,
         lora_targets=plan.lora_targets,
         base_weights=plan.base_weights,
+        sequence_parallel=plan.sequence_parallel,
     )
 
 
@@ -536,13 +555,129 @@ def plan_from_cfg(cfg: DictConfig) -> Plan:
         pp=p.pipeline_model_parallel_size,
         ep=p.expert_model_parallel_size,
         etp=p.expert_tensor_parallel_size,
+        sequence_parallel=p.sequence_parallel,
         micro_batch=d.micro_batch_size,
         global_batch=d.global_batch_size,
         seq_length=d.seq_length,
         base_weights=cfg.precision.base_weights if "precision" in cfg else "model",
         recompute=settings.get("recompute", "none"),
         load=settings.get("load", "whole"),
+        link_gbs=settings.get("link_gbs"),
     )
+
+
+# ---------------------------------------------------------------------------------- the inter-node link
+
+NOMINAL_LINK_GBS = 25.0  # the Spark pair's ConnectX-7: 200 Gb/s = 25 GB/s in each direction
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes one device sends over the inter-node link in one training step, for one kind of parallelism."""
+
+    kind: str  # TP | EP | DP
+    bytes: float
+    detail: str
+
+
+def link_traffic(plan: Plan) -> list[Traffic]:
+    """What each device sends over the inter-node link per step, for each group that spans nodes.
+
+    A group spans nodes when it holds more ranks than a node has devices (megatron-core puts the TP ranks, and
+    the expert-tensor x expert-parallel ranks, next to each other); all of its traffic is then counted as
+    crossing the link, which is exact when each node holds one device of the group (the Spark pair). With ``a``
+    bytes per activation element (2 in bf16), ``T = mbs x seq`` tokens per micro-batch and ``m = gbs / (mbs x
+    DP)`` micro-batches per device per step; a ring all-gather or reduce-scatter of a tensor of ``N`` bytes over
+    ``t`` ranks sends ``N (t-1)/t`` from each rank, an all-reduce twice that:
+
+    - TP (sequence parallel, after Korthikanti et al. 2022): each layer's attention all-gathers its input
+      ``[T, h]`` and reduce-scatters its output, forward; backward does the reverse: 4 collectives of
+      ``T h a`` bytes per layer, plus 4 for the embedding (reduce-scatter / all-gather) and the output layer
+      (all-gather / reduce-scatter). The MoE layers add none here: they run on the sequence slice, and their
+      tokens move through the dispatcher (EP).
+    - EP (the all-to-all dispatcher, megatron-core's default on GPUs): each MoE layer sends every routed copy
+      of its ``T / TP`` tokens (top-k copies per token) whose expert lives on another EP rank, ``(EP-1)/EP`` of
+      them with balanced routing, as ``h a`` bytes, and receives the results back (combine); backward the
+      same again: ``4 (T/TP) k (EP-1)/EP h a`` per layer.
+    - DP: the gradients of the trainable parameters, all-reduced in the training dtype (DDP's default) over
+      the data-parallel group (the experts over the expert-data-parallel group).
+
+    Left out, each under 1% of the rows above for gpt-oss: the vocab-parallel cross entropy's per-token
+    scalars, the routing probabilities, and the TP all-reduce of the sequence-parallel norms' gradients.
+
+    Examples:
+        python -m recipes.plan experiment=spark_pair_20b_lora parallel=tp2_ep2
+    """
+    s, a = plan.shape, plan.profile.train_dtype_bytes
+    micro = plan.global_batch // (plan.micro_batch * plan.dp)
+    tokens = plan.micro_batch * plan.seq_length
+    n = plan.layers_per_stage
+    rows = []
+    if plan.tp > plan.devices_per_node:
+        collectives = 4 * n + 4
+        per = tokens * s.hidden * a * (plan.tp - 1) / plan.tp
+        rows.append(
+            Traffic(
+                "TP",
+                micro * collectives * per,
+                f"{micro} micro-batches x {collectives} all-gathers/reduce-scatters of {tokens} x {s.hidden}"
+                f" x {a} B, (TP-1)/TP sent",
+            )
+        )
+    if plan.ep > 1 and plan.ep * plan.etp > plan.devices_per_node:
+        copies = tokens / plan.tp * s.top_k * (plan.ep - 1) / plan.ep
+        rows.append(
+            Traffic(
+                "EP",
+                micro * n * 4 * copies * s.hidden * a,
+                f"{micro} micro-batches x {n} layers x 4 all-to-alls of {copies:g} token copies x {s.hidden}"
+                f" x {a} B",
+            )
+        )
+    dense, experts = trainable_split(plan)
+    if plan.world > plan.devices_per_node and (plan.dp > 1 or plan.expert_dp > 1):
+        sent = 2 * a * (dense * (plan.dp - 1) / plan.dp + experts * (plan.expert_dp - 1) / plan.expert_dp)
+        if sent:
+            rows.append(
+                Traffic(
+                    "DP",
+                    sent,
+                    f"all-reduce of {_count(dense)} dense (DP {plan.dp}) + {_count(experts)} expert "
+                    f"(expert DP {plan.expert_dp}) trainable gradients x {a} B",
+                )
+            )
+    return rows
+
+
+def trainable_split(plan: Plan) -> tuple[int, int]:
+    """Trainable parameters on one device: (dense, expert), the groups DDP reduces them over differ."""
+    if plan.peft == "none":
+        params = parameters_per_device(plan)
+        experts = params["expert matrices"] + params["expert biases"]
+        return sum(params.values()) - experts, experts
+    expert_targets = tuple(t for t in plan.lora_targets if t in ("linear_fc1", "linear_fc2"))
+    experts = lora_parameters_per_device(replace(plan, lora_targets=expert_targets))
+    return lora_parameters_per_device(plan) - experts, experts
+
+
+def traffic_table(plan: Plan) -> str:
+    """`link_traffic` as text, with the time each takes at the link's bandwidth (measured or nominal)."""
+    gbs = plan.link_gbs or NOMINAL_LINK_GBS
+    source = (
+        "measured (plan.link_gbs)" if plan.link_gbs else "nominal 200 Gb/s; plan.link_gbs=<preflight GB/s>"
+    )
+    rows = link_traffic(plan)
+    if not rows:
+        return "link traffic per step: none (no group spans nodes)"
+    lines = [f"link traffic per step and device, at {gbs:g} GB/s ({source}):"]
+    lines.append(f"  {'kind':<6} {'GB/step':>10} {'s/step':>8}  detail")
+    for r in rows:
+        lines.append(f"  {r.kind:<6} {r.bytes / GB:>10.3f} {r.bytes / GB / gbs:>8.3f}  {r.detail}")
+    total = sum(r.bytes for r in rows)
+    lines.append(
+        f"  {'total':<6} {total / GB:>10.3f} {total / GB / gbs:>8.3f}  (before overlap with compute)"
+    )
+    return "\n".join(lines)
 
 
 def _count(n: float) -> str:
@@ -590,6 +725,7 @@ def check(cfg: DictConfig, out=None, rules: bool = True) -> Plan:
     plan = plan_from_cfg(cfg)
     est = estimate(plan)
     print(table(plan, est), file=out)
+    print(traffic_table(plan), file=out)
     if not rules and plan_layout_problems(plan):
         return plan
     found = problems(plan, est)

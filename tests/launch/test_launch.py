@@ -217,3 +217,17 @@ def test_every_preset_dry_runs(preset, real_configs):
     assert "memory plan:" in out
     assert re.search(r"torchrun --rdzv-backend c10d .* -m launch\.train experiment=" + preset, out)
     assert "the plan does not fit" not in out and "fits." in out, out
+
+
+@pytest.mark.parametrize("layout", ["tp2", "tp2_ep2"])
+def test_the_pair_s_tensor_parallel_presets_are_accepted(layout, real_configs):
+    out = _dry(["experiment=spark_pair_20b_lora", f"parallel={layout}"])
+    assert f"TP 2 PP 1 EP {2 if layout == 'tp2_ep2' else 1} ETP 1 DP 1" in out
+    assert "\n  fits." in out and "a real launch stops here" not in out
+    assert "link traffic per step and device, at 25 GB/s" in out and "\n  TP " in out
+    assert re.search(rf"--nnodes 2 --nproc-per-node 1 --node-rank 0 .* parallel={layout}\n", out)
+
+
+def test_tp2_with_trainable_experts_is_refused_before_launching(real_configs):
+    out = _dry(["experiment=spark_pair_20b_lora", "parallel=tp2", "peft=none"])
+    assert "# a real launch stops here:" in out and "(parallel=tp2_ep2)" in out

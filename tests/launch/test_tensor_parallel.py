@@ -1,5 +1,7 @@
-"""Tensor parallel 2 x expert parallel 2 on CPU (gloo) through the launcher trains the tiny gpt-oss on the loss
-curve of one process (LoRA, the default)."""
+"""Tensor parallel 2 x expert parallel 2, and tensor parallel 2 with the experts replicated (expert parallel 1), on
+CPU (gloo) through the launcher train the tiny gpt-oss on the loss curve of one process (LoRA on attention; with
+trainable experts TP 2 x EP 1 is refused, tests/launch/test_grad_sync.py and tests/recipes/test_plan.py). Both
+runs pass the start-up guard (compat.grad_sync)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ TP2_EP2 = [
     "parallel.expert_model_parallel_size=2",
     "parallel.sequence_parallel=true",
 ]
+TP2_EP1 = ["cluster.devices_per_node=2", "parallel=tp2"]
 
 
 def _run(command: list[str], work: Path, nemorun_home: Path) -> subprocess.CompletedProcess:
@@ -47,12 +50,14 @@ def runs(tmp_path_factory):
     assert one.returncode == 0, (one.stdout + one.stderr)[-4000:]
     tp = _run(["launch", *TP2_EP2, *COMMON, "run_id=tp2_ep2"], work, home)
     assert tp.returncode == 0, (tp.stdout + tp.stderr)[-6000:]
-    return _summary(work, "one"), _summary(work, "tp2_ep2")
+    replicated = _run(["launch", *TP2_EP1, *COMMON, "run_id=tp2_ep1"], work, home)
+    assert replicated.returncode == 0, (replicated.stdout + replicated.stderr)[-6000:]
+    return _summary(work, "one"), _summary(work, "tp2_ep2"), _summary(work, "tp2_ep1")
 
 
 @pytest.mark.slow
 def test_tp2_ep2_matches_one_process_step_for_step(runs):
-    one, tp = runs
+    one, tp, _ = runs
     assert tp["processes"] == 2 and one["processes"] == 1
     assert len(one["losses"]) == len(tp["losses"]) == STEPS
     assert tp["losses"] == pytest.approx(one["losses"], abs=1e-4)
@@ -61,6 +66,13 @@ def test_tp2_ep2_matches_one_process_step_for_step(runs):
 
 @pytest.mark.slow
 def test_tp2_ep2_trains_the_same_adapters(runs):
-    one, tp = runs
+    one, tp, _ = runs
     # Each rank counts its own shard of the adapters: TP splits the attention adapters' parallel side.
     assert tp["trainable_names"] == one["trainable_names"]
+
+
+@pytest.mark.slow
+def test_tp2_with_replicated_frozen_experts_matches_one_process(runs):
+    one, _, replicated = runs
+    assert replicated["processes"] == 2
+    assert replicated["losses"] == pytest.approx(one["losses"], abs=1e-4)

@@ -64,8 +64,10 @@ def test_lora_loss_falls(lora):
     _, summary = lora
     losses = summary["losses"]
     assert len(losses) == STEPS
-    # Mean of the last three steps at least 15% below the first three (observed: ~7.3 -> ~5.4).
-    assert _mean(losses[-3:]) < 0.85 * _mean(losses[:3]), losses
+    # Mean of the last three steps at least 10% below the first three. Observed: 7.71 -> 6.79 (-12%) on the
+    # built-in data with its stage-2 conversations (longer answers' prompts, a 1,024-token vocabulary); the
+    # stage-1-only data fell 7.3 -> 5.4. A model that learns nothing stays at its first value.
+    assert _mean(losses[-3:]) < 0.90 * _mean(losses[:3]), losses
 
 
 def test_lora_trains_only_adapters(lora):
@@ -177,8 +179,11 @@ def test_every_parallel_layout_validates_and_builds_for_20b_on_eight_gpus(parall
     if not configs.is_dir():
         pytest.skip(f"real gpt-oss-20b config not present at {configs}")
     monkeypatch.setenv("GPT_OSS_20B", str(configs))
+    # Tensor parallel without expert parallel cannot train the experts (the planner refuses it: see
+    # tests/launch/test_launch.py); with it the experts stay frozen: attention LoRA.
+    peft = ["peft=lora"] if parallel == "tp2" else []
     cfg = compose(
-        ["model=gpt_oss_20b", f"parallel={parallel}", "cluster=h100_8x", "data.global_batch_size=64"]
+        ["model=gpt_oss_20b", f"parallel={parallel}", "cluster=h100_8x", "data.global_batch_size=64", *peft]
     )
     validate(cfg)
     strategy = build(cfg, cuda=True).trainer.strategy

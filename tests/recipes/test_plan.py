@@ -18,12 +18,15 @@ from recipes.plan import (
     PlanError,
     check,
     compose,
+    config_problems,
     cpu_profile,
     estimate,
+    link_traffic,
     plan_from_cfg,
     problems,
     suggest,
     tiny_hf_config,
+    traffic_table,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -279,3 +282,81 @@ def test_cli_refuses_with_the_numbers_and_a_fix(real_models):
     assert result.returncode == 1
     assert f"memory plan: {total / 1e9:.3f}B-param gpt-oss, lora | 2 node(s) x 1 spark" in result.stdout
     assert "nearest feasible plan: precision=fp8_base" in result.stderr
+
+
+# ------------------------------------------------------------------------------ the Spark pair's link traffic
+
+PAIR = ["cluster=spark_pair", "data.seq_length=256", "data.micro_batch_size=1", "data.global_batch_size=8"]
+
+
+def _traffic(tmp_path, *overrides: str) -> dict[str, float]:
+    cfg = compose([f"model.hf_path={tmp_path / 'absent'}", *PAIR, *overrides])
+    return {t.kind: t.bytes for t in link_traffic(plan_from_cfg(cfg))}
+
+
+def test_link_bytes_of_the_tiny_model_on_the_pair_by_hand(tmp_path):
+    # Tiny: L=2, h=64, top-k 2; bf16 on the Spark (a=2 B); seq 256, mbs 1, gbs 8; one device per node, so
+    # every byte of a group spanning both devices crosses the link. A ring collective over 2 ranks sends half.
+    # TP 2 (DP 1 -> 8 micro-batches): one all-gather/reduce-scatter moves 256 x 64 x 2 / 2 = 16,384 B; per
+    # micro-batch 4 per layer (attention in and out, forward and backward) x 2 layers + 4 (embedding, output
+    # layer) = 12: 8 x 12 x 16,384 = 1,572,864 B.
+    assert _traffic(tmp_path, "parallel=tp2", "peft=lora") == {"TP": 1_572_864}
+    # TP 2 x EP 2 (DP 1): the same TP bytes; each MoE layer routes its 256 / 2 = 128 tokens x 2 copies, half of
+    # them to the other node: 128 copies x 64 x 2 B = 16,384 B per all-to-all, 4 of them (dispatch and combine,
+    # forward and backward): 65,536 B per layer x 2 layers x 8 micro-batches = 1,048,576 B.
+    assert _traffic(tmp_path, "parallel=tp2_ep2") == {"TP": 1_572_864, "EP": 1_048_576}
+    # EP 2 alone (DP 2 -> 8 / 2 = 4 micro-batches per device): 256 tokens x 2 copies / 2 = 256 copies x 64 x 2 B =
+    # 32,768 B per all-to-all, x 4 x 2 layers x 4 = 1,048,576 B. DP: the LoRA adapters on attention, per layer
+    # 8 x (64 + 128 + 2 x 64) + 8 x (128 + 64) = 4,096, x 2 layers = 8,192 gradients x 2 B, all-reduced over 2
+    # ranks (2 x 1/2 sent): 16,384 B.
+    assert _traffic(tmp_path, "parallel=ep2", "peft=lora") == {"EP": 1_048_576, "DP": 16_384}
+    # One device: nothing crosses a link.
+    assert _traffic(tmp_path, "cluster=local", "peft=lora") == {}
+
+
+def test_link_time_uses_the_measured_bandwidth_when_given(tmp_path):
+    plan = plan_from_cfg(
+        compose([f"model.hf_path={tmp_path / 'absent'}", *PAIR, "parallel=tp2", "peft=lora"])
+    )
+    nominal = traffic_table(plan)
+    # 1,572,864 B at 25 GB/s (200 Gb/s) = 0.0000629 s; at a measured 10 GB/s, 0.000157 s.
+    assert "at 25 GB/s (nominal 200 Gb/s" in nominal and re.search(r"\n  TP +0\.002 +0\.000  ", nominal)
+    measured = traffic_table(replace(plan, link_gbs=10.0))
+    assert "at 10 GB/s (measured (plan.link_gbs))" in measured
+    assert [r.bytes / 10e9 for r in link_traffic(plan)] == pytest.approx([1.572864e-4])
+
+
+@pytest.mark.parametrize("layout", ["tp2", "tp2_ep2"])
+def test_the_pair_presets_plan_and_fit(layout, real_models, capsys):
+    plan = check(compose(["experiment=spark_pair_20b_lora", f"parallel={layout}"]))
+    assert (plan.tp, plan.ep, plan.sequence_parallel, plan.world) == (
+        2,
+        2 if layout == "tp2_ep2" else 1,
+        True,
+        2,
+    )
+    out = capsys.readouterr().out
+    assert "fits." in out and "link traffic per step and device, at 25 GB/s" in out
+
+
+def test_tp2_with_trainable_experts_is_refused_with_the_fix(tmp_path):
+    cfg = compose([f"model.hf_path={tmp_path / 'absent'}", "cluster=spark_pair", "parallel=tp2", "peft=none"])
+    (message,) = config_problems(cfg)
+    assert "drift apart" in message and "parallel.expert_model_parallel_size=2 (parallel=tp2_ep2)" in message
+    lora = compose(
+        [f"model.hf_path={tmp_path / 'absent'}", "cluster=spark_pair", "parallel=tp2", "peft=lora"]
+    )
+    assert config_problems(lora) == []
+
+
+def test_tensor_parallel_without_sequence_parallel_is_refused(tmp_path):
+    cfg = compose(
+        [
+            f"model.hf_path={tmp_path / 'absent'}",
+            "cluster=spark_pair",
+            "parallel=tp2_ep2",
+            "parallel.sequence_parallel=false",
+        ]
+    )
+    (message,) = config_problems(cfg)
+    assert message.startswith("tensor_model_parallel_size=2 with MoE needs sequence parallelism")
