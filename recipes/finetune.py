@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import compat  # (the version gate: an unverified stack stops here, before anything is built)
 import recipes.schema  # noqa: F401  (registers finetune_schema)
+from recipes import packing
 from recipes.plan import config_problems
 
 PEFT_SCHEMES = ("lora", "none")
@@ -117,6 +118,7 @@ def validate(cfg: DictConfig) -> None:
         )
     if d.seq_length < 16:
         problems.append(f"data.seq_length={d.seq_length} is too short for a harmony prompt; use >= 256")
+    problems += packing.config_problems(d)
     if problems:
         raise ConfigError("the config cannot run:\n  - " + "\n  - ".join(problems))
 
@@ -183,6 +185,10 @@ def recipe_overrides(cfg: DictConfig) -> list[str]:
         # The checkpoint written when training ends must hold the optimizer state, or resuming from it fails
         # with "Different dict keys ... (param_groups vs state)" (model_checkpoint.py:618-619).
         "log.ckpt.save_optim_on_train_end=True",
+        # The distributed optimizer (GPUs) saves its state as per-bucket flat buffers keyed by model-parallel
+        # group ('dp_reshardable', megatron_strategy.py:1232), which resume only with the same TP/PP/EP; this
+        # saves one tensor per parameter instead, so a checkpoint resumes with any layout (docs/launch.rst).
+        "trainer.strategy.ckpt_optim_fully_reshardable=True",
         # Continue from the newest checkpoint of run_dir when there is one (pass run_dir=<an earlier run> or
         # the same run_id); start from the imported model otherwise.
         "resume.resume_if_exists=True",
@@ -211,6 +217,17 @@ def cpu_overrides() -> list[str]:
         "optim.config.clip_grad=0.0",
         "optim.config.use_distributed_optimizer=False",
     ]
+
+
+def pad_to_multiple(cfg: DictConfig, cuda: bool | None = None) -> int:
+    """The micro-batch width step: 16 tokens, or the whole ``data.seq_length`` where megatron-core's all-gather
+    token dispatcher (the CPU path's, `compat.cpu.CONFIG`) gathers tokens from expert-parallel ranks that hold
+    different micro-batches: its all-gather needs the same number of tokens on each (gloo: "Received data
+    size doesn't match expected size" otherwise)."""
+    from compat import cpu
+
+    allgather = cpu.config_overrides(cuda).get("moe_token_dispatcher_type") == "allgather"
+    return cfg.data.seq_length if allgather and cfg.parallel.expert_model_parallel_size > 1 else 16
 
 
 def build(cfg: DictConfig, cuda: bool | None = None):
@@ -251,6 +268,8 @@ def build(cfg: DictConfig, cuda: bool | None = None):
         pin_memory=False,
         reasoning_effort=cfg.data.reasoning_effort,
         date=cfg.data.date,
+        packed=packing.decide(cfg.data.packed, cfg.data.micro_batch_size, cuda)[0],
+        pad_to_multiple=pad_to_multiple(cfg, cuda),
     )
     if cfg.peft.name == "lora":
         # NeMo's LoRA dataclass has postponed (string) annotations, which NeMo-Run's parser cannot type-check
@@ -409,11 +428,16 @@ def prepare(cfg: DictConfig, stages: Stages) -> None:
         say("    present")
     stages.start(f"data: {cfg.data.dataset_root}")
     root = Path(cfg.data.dataset_root)
-    if cfg.data.builtin and not (root / "train.jsonl").exists():
-        from data_prep.builtin import write
+    if cfg.data.builtin:
+        from data_prep.builtin import is_current, write
 
-        write(root, seed=0)
-        say(f"    wrote the built-in dataset to {root}")
+        if not is_current(root, seed=0):
+            # Also when an earlier version's files are there: the built-in data is generated, never edited.
+            existed = (root / "train.jsonl").exists()
+            write(root, seed=0)
+            say(
+                f"    {'rewrote (it was out of date)' if existed else 'wrote'} the built-in dataset in {root}"
+            )
     for split in ("train", "validation"):
         say(f"    {split}: {sum(1 for _ in (root / f'{split}.jsonl').open())} examples")
 
@@ -714,7 +738,7 @@ def run_finetune(cfg: DictConfig) -> dict:
     import fiddle as fdl
 
     import convert.import_hf  # noqa: F401  (registers our gpt-oss importer with NeMo)
-    from compat import cpu, upstream
+    from compat import cpu, grad_sync, upstream
     from convert import verify
 
     validate(cfg)
@@ -742,6 +766,10 @@ def run_finetune(cfg: DictConfig) -> dict:
             "precision=fp8_base needs a GPU with Transformer Engine (FP8 parameters and GEMMs); "
             "on this machine use precision=bf16"
         )
+    if refused := packing.refusal(cfg.data.packed):
+        raise ConfigError(refused)
+    if (note := packing.decide(cfg.data.packed, cfg.data.micro_batch_size)[1]) and leader:
+        say(f"note: {note}")
     cpu.enable()
     upstream.apply()
     stages = Stages(6 if cfg.export.enabled else 4, quiet=not leader)
@@ -758,6 +786,8 @@ def run_finetune(cfg: DictConfig) -> dict:
     fn.keywords["trainer"].callbacks.append(record)
     fn.keywords["trainer"].callbacks.append(ProgressBar(cfg.trainer.max_steps, cfg.data.global_batch_size))
     fn.keywords["trainer"].callbacks.append(KeepLogs())
+    # Stops a layout whose gradients would be combined wrongly across tensor-parallel ranks before step 1.
+    fn.keywords["trainer"].callbacks.append(grad_sync.callback())
     if cfg.peft.name == "lora":
         fn.keywords["trainer"].callbacks.append(SeedBeforeAdapters(cfg.seed))
     probe = None
@@ -771,6 +801,7 @@ def run_finetune(cfg: DictConfig) -> dict:
         "checkpoint": str(last_checkpoint(exp_dir)),
         "first_step": record.first_step,
         "losses": record.losses,
+        "val_losses": record.val_losses,  # [step, loss] after each validation
         "trainable_params": sum(record.trainable.values()),
         "total_params": record.total_params,
         "trainable_by_part": breakdown(record.trainable),
@@ -825,10 +856,12 @@ def main(cfg: DictConfig) -> None:
     log = Path(cfg.run_dir) / log_name()
     if global_rank() == 0:
         say(f"upstream logs: {log}" + ("" if cfg.verbose else " (verbose=true: here too)"))
+    from compat.grad_sync import GradientSyncError
+
     try:
         with routed_output(log, verbose=cfg.verbose):
             summary = run_finetune(cfg)
-    except ConfigError as e:
+    except (ConfigError, GradientSyncError) as e:
         raise SystemExit(str(e)) from None
     except BaseException:
         if not cfg.verbose:

@@ -47,6 +47,9 @@ class DataConf:
     global_batch_size: int = 8
     reasoning_effort: str = "low"
     date: str = "2025-06-01"
+    # auto | true | false: several examples per row of seq_length (recipes/packing.py); auto packs where the
+    # attention supports it (CUDA with Transformer Engine) and micro_batch_size is 1, true refuses elsewhere
+    packed: str = "auto"
 
 
 @dataclass
@@ -117,6 +120,9 @@ class PlanConf:
     recompute: str = "none"  # none | full (store only each layer's input; recompute the rest in backward)
     load: str = "whole"  # whole (a rank reads its whole shard first) | layerwise (one layer at a time)
     enforce: bool = True  # refuse an infeasible plan before launching
+    # The inter-node link's bus bandwidth in GB/s as `python -m launch --preflight` measures it; the planner's
+    # link-traffic table uses it (null: the Spark pair's nominal 200 Gb/s = 25 GB/s).
+    link_gbs: float | None = None
 
 
 @dataclass
