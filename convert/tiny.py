@@ -83,7 +83,7 @@ def build_tokenizer(vocab_size: int, seed: int = 0):
 
 
 # The tiny shape's keys that are transformers' own GptOssConfig fields, passed through unchanged.
-_HF_FIELDS = (
+HF_FIELDS = (
     "num_hidden_layers",
     "hidden_size",
     "intermediate_size",
@@ -115,7 +115,7 @@ def hf_config(shape: dict, vocab_size: int, dtype: torch.dtype, tokenizer=None):
         }
     return GptOssConfig(
         vocab_size=vocab_size,
-        **{key: shape[key] for key in _HF_FIELDS},
+        **{key: shape[key] for key in HF_FIELDS},
         experts_per_token=shape["num_experts_per_tok"],
         initial_context_length=shape["rope_scaling"]["original_max_position_embeddings"],
         rope_scaling=dict(shape["rope_scaling"]),
