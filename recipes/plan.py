@@ -414,6 +414,17 @@ def layout_problems(
             "on each TP rank's slice of the sequence and never sums their gradients (the copies drift apart): "
             f"use parallel.expert_model_parallel_size={tp} (parallel=tp2_ep2), or train attention only (peft=lora)"
         )
+    if tp > 1 and etp < tp and peft == "lora" and {"linear_fc1", "linear_fc2"} & set(lora_targets):
+        # NeMo 2.7.3 builds every adapter, the experts' included, with the layer's config (peft/lora.py:757),
+        # so an expert's adapter gathers and splits over the TP group (peft/utils.py ParallelLinearAdapter)
+        # although each TP rank routes a different number of tokens to that expert: the collective sizes differ
+        # (gloo aborts: "Received data size doesn't match expected size"; measured with TP 2 x EP 2).
+        out.append(
+            f"LoRA on the experts (peft.target_modules with linear_fc1/linear_fc2) with "
+            f"tensor_model_parallel_size={tp} and expert_tensor_parallel_size={etp}: NeMo's expert adapters "
+            "communicate over the tensor-parallel group, whose ranks route different tokens to each expert; "
+            "use parallel.tensor_model_parallel_size=1 (parallel=ep2), or attention-only LoRA (peft=lora)"
+        )
     if base_weights == "fp8" and peft != "lora":
         out.append(
             "precision=fp8_base freezes the base weights in FP8: it needs peft=lora (or precision=bf16)"

@@ -349,6 +349,22 @@ def test_tp2_with_trainable_experts_is_refused_with_the_fix(tmp_path):
     assert config_problems(lora) == []
 
 
+def test_lora_on_experts_with_tensor_parallel_is_refused_with_the_fix(tmp_path):
+    """NeMo's expert adapters gather over the TP group; with TP 2 x EP 2 the ranks route different token counts
+    to each expert and the run aborted in its first forward (gloo: 5648 vs 2768 bytes). Refused up front."""
+
+    def problems(*overrides):
+        return config_problems(
+            compose([f"model.hf_path={tmp_path / 'absent'}", "cluster=spark_pair", *overrides])
+        )
+
+    (message,) = problems("parallel=tp2_ep2", "peft=lora_experts")
+    assert "NeMo's expert adapters communicate over the tensor-parallel group" in message
+    assert "parallel.tensor_model_parallel_size=1 (parallel=ep2)" in message
+    assert problems("parallel=ep2", "peft=lora_experts") == []  # the pair's LoRA-on-experts preset layout
+    assert problems("parallel=tp2_ep2", "peft=lora") == problems("parallel=tp2_ep2", "peft=none") == []
+
+
 def test_tensor_parallel_without_sequence_parallel_is_refused(tmp_path):
     cfg = compose(
         [
