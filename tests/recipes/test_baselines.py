@@ -195,16 +195,15 @@ def test_validate_lists_every_problem(tmp_path, cfg_for):
         assert needle in text
 
 
-def test_ibm_attrition_baselines_beat_the_trivial_classifier(tmp_path, ibm_csv, compose):
+def prepare_ibm(compose, mapping: str, ibm_csv, data) -> None:
+    """The documented split of the IBM file: data_prep's seeded stratified split, 80% train / 20% test, seed 0."""
     from data_prep.prepare import run as prepare
 
-    data = tmp_path / "ibm"
-    # The documented split: data_prep's seeded stratified split, 80% train / 20% test, seed 0.
     prepare(
         compose(
             "data_prep",
             [
-                "data_prep=hr_ibm_attrition",
+                f"data_prep={mapping}",
                 f"input={ibm_csv}",
                 f"out_dir={data}",
                 "splits.train=0.8",
@@ -218,6 +217,12 @@ def test_ibm_attrition_baselines_beat_the_trivial_classifier(tmp_path, ibm_csv, 
         ),
         log_fn=lambda _: None,
     )
+
+
+def test_ibm_attrition_baselines_beat_the_trivial_classifier(tmp_path, ibm_csv, compose):
+    data = tmp_path / "ibm"
+    # The documented split: data_prep's seeded stratified split, 80% train / 20% test, seed 0.
+    prepare_ibm(compose, "hr_ibm_attrition", ibm_csv, data)
     test = list(read_jsonl(data / "test.jsonl"))
     n, pos = len(test), sum(ex.label["attrition"] for ex in test)
     assert (n, pos) == (294, 47)  # 1,470 x 0.2; 237 leavers x 0.2, stratified
@@ -304,27 +309,9 @@ def test_baselines_report_profile_and_history_as_stage_1_and_stage_2(tmp_path, c
 def test_ibm_history_mapping_stage_2_beats_stage_1(tmp_path, ibm_csv, compose):
     """The README's stage 1 / stage 2 table: the four history columns (satisfactions, involvement, overtime) lift
     logistic regression's leaver F1 from 0.21 to 0.47 on the same 294 test employees."""
-    from data_prep.prepare import run as prepare
 
     data = tmp_path / "ibm_history"
-    prepare(
-        compose(
-            "data_prep",
-            [
-                "data_prep=hr_ibm_attrition_history",
-                f"input={ibm_csv}",
-                f"out_dir={data}",
-                "splits.train=0.8",
-                "splits.validation=0.0",
-                "splits.test=0.2",
-                "seed=0",
-                "pii.mode=drop",
-                "answer_format=json",
-                "progress=false",
-            ],
-        ),
-        log_fn=lambda _: None,
-    )
+    prepare_ibm(compose, "hr_ibm_attrition_history", ibm_csv, data)
     out = tmp_path / "out"
     cfg = compose(
         "baselines",
