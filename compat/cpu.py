@@ -316,6 +316,43 @@ def clear_expert_bias_flag(expert: torch.nn.Module) -> None:
         bias.sequence_parallel = False
 
 
+def weights_left_to_the_restore(model) -> None:
+    """Build ``model`` (a NeMo model whose ``configure_model`` has not run) without drawing its weights, when the
+    restore that follows overwrites every one. A no-op with CUDA, where weights are drawn in place on the device.
+
+    megatron-core's host initialisation (``use_cpu_initialization``, `CONFIG`) draws each weight into a full-size
+    master copy, then copies this rank's part through a concatenated temporary (tensor_parallel/layers.py:169-183),
+    so the largest weight is held three times at once: gpt-oss's output layer (201,088 x 2,880 in fp32, 2.3 GB).
+    That was the peak of a one-layer 20b-shaped LoRA run, 4.6 GB above its weights, and drawing took 33 s of its
+    97 s (bench/bench_plan_memory.py). Here the weights are allocated undrawn (``perform_initialization=False``)
+    and filled with NaN, so that a weight the restore missed shows as a NaN loss at the first step rather than as
+    plausible random values. The flag is set back after the build: NeMo's LoRA adapters, built later from the
+    same config (nemo/collections/llm/peft/utils.py:285), are drawn as before.
+    """
+    if cuda_available():
+        return
+    build = model.configure_model
+
+    @functools.wraps(build)
+    def configure_model(*args, **kwargs):
+        if hasattr(model, "module"):  # built already (NeMo calls it again): nothing to build
+            return build(*args, **kwargs)
+        config = model.config
+        drawn = config.perform_initialization
+        config.perform_initialization = False
+        try:
+            result = build(*args, **kwargs)
+        finally:
+            config.perform_initialization = drawn
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.is_floating_point():
+                    param.fill_(float("nan"))
+        return result
+
+    model.configure_model = configure_model
+
+
 class _NoTELinear:
     """Stands for transformer_engine.pytorch.Linear where TE is absent: no module is an instance of it."""
 

@@ -21,6 +21,13 @@ those releases.
   resumed run is one behind: with ``trainer.val_check_interval=4``, a run stopped after step 4 validated after
   step 5 instead of step 8 and never ran its last validation (weights and training losses were right, the
   validation curve was not). The batch whose end wrote the checkpoint is counted as completed.
+- A restore holds every expert's ``linear_fc1`` twice: megatron-core saves the gated fc1 as two halves and, after
+  loading them in place into views of the parameter, merges them back with ``torch.cat``
+  (megatron/core/transformer/mlp.py:381, applied by dist_checkpointing/serialization.py:165), a copy of the
+  parameter that lives until NeMo has copied it back into that same parameter. fc1 is two thirds of the expert
+  weights: the restore's peak grew by 2.1 GB per 20b layer in fp32 (measured, bench/bench_plan_memory.py), half
+  that in bf16 on a GPU (25 GB for all 24 layers of gpt-oss-20b). When the halves loaded are exactly the
+  parameter's two halves, in place, the parameter itself is the merge.
 
 Examples:
     python -c "import compat.upstream as u; u.apply()"
@@ -40,6 +47,7 @@ def apply() -> None:
     _full_epoch_length()
     _timers_logged_only_alone()
     _saved_batch_counted_on_resume()
+    _swiglu_merged_in_place()
 
 
 def _full_epoch_length() -> None:
@@ -79,3 +87,50 @@ def _saved_batch_counted_on_resume() -> None:
         reset(self)
 
     _TrainingEpochLoop.reset = reset_counting_the_saved_batch
+
+
+def _swiglu_merged_in_place() -> None:
+    import megatron.core.dist_checkpointing.mapping as mapping
+    import megatron.core.dist_checkpointing.serialization as serialization
+    import megatron.core.dist_checkpointing.tensor_aware_state_dict as tensor_aware
+
+    merges = mapping.apply_factory_merges
+
+    def apply_factory_merges(x1, x2, key=()):
+        if isinstance(x2, mapping.ShardedTensorFactory) and _is_swiglu(x2):
+            merged = halves_as_one(x1)
+            if merged is not None:
+                return merged
+        return merges(x1, x2, key)
+
+    # mapping recurses through its own global; the other two imported the function by name.
+    for module in (mapping, serialization, tensor_aware):
+        module.apply_factory_merges = apply_factory_merges
+
+
+def _is_swiglu(factory) -> bool:
+    return "apply_swiglu_sharded_factory" in getattr(factory.merge_fn, "__qualname__", "")
+
+
+def halves_as_one(parts):
+    """``torch.cat(parts)`` without a copy when ``parts`` lie one after the other in one storage (the halves
+    loaded in place into the parameter): a view over both, value for value the concatenation along the first
+    axis; None otherwise."""
+    import torch
+
+    if not isinstance(parts, list) or not parts:
+        return None
+    first = parts[0]
+    if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in parts):
+        return None
+    end = first.data_ptr()
+    for part in parts:
+        if part.data_ptr() != end or not part.is_contiguous():
+            return None
+        if (part.dtype, part.device, part.shape[1:]) != (first.dtype, first.device, first.shape[1:]):
+            return None
+        if part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr():
+            return None
+        end += part.numel() * part.element_size()
+    shape = (sum(t.shape[0] for t in parts), *first.shape[1:])
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), shape)

@@ -705,6 +705,24 @@ class SeedBeforeAdapters:
         return _Seed()
 
 
+class WeightsFromTheRestore:
+    """Lightning callback: the base model's weights are not drawn at random before the restore of
+    ``model.nemo_path`` (or, on resume, of the run's checkpoint) overwrites every one: on a CPU that drawing held
+    the largest weight three times and was the run's memory peak (`compat.cpu.weights_left_to_the_restore`).
+    ``setup`` runs before the model is built."""
+
+    def __new__(cls):
+        from lightning.pytorch import Callback
+
+        from compat import cpu
+
+        class _Restored(Callback):
+            def setup(self, trainer, pl_module, stage):
+                cpu.weights_left_to_the_restore(pl_module)
+
+        return _Restored()
+
+
 def last_checkpoint(exp_dir: str | Path) -> Path:
     ckpts = sorted(Path(exp_dir, "checkpoints").glob("*-last"), key=lambda p: p.stat().st_mtime)
     if not ckpts:
@@ -786,6 +804,7 @@ def run_finetune(cfg: DictConfig) -> dict:
     fn.keywords["trainer"].callbacks.append(record)
     fn.keywords["trainer"].callbacks.append(ProgressBar(cfg.trainer.max_steps, cfg.data.global_batch_size))
     fn.keywords["trainer"].callbacks.append(KeepLogs())
+    fn.keywords["trainer"].callbacks.append(WeightsFromTheRestore())
     # Stops a layout whose gradients would be combined wrongly across tensor-parallel ranks before step 1.
     fn.keywords["trainer"].callbacks.append(grad_sync.callback())
     if cfg.peft.name == "lora":

@@ -64,21 +64,28 @@ class DeviceProfile:
     )
     train_dtype_bytes: int  # 2: bf16 mixed precision; 4: fp32 (CPU runs)
     distributed_optimizer: bool  # optimizer states sharded over data-parallel ranks (NeMo's GPU default)
+    # Host memory of one training process before its model is built: Python, torch, NeMo, the tokenizer and the
+    # data. On unified memory it comes out of the same pool as the weights.
+    runtime_bytes: float
 
+
+# The resident memory of `recipes.finetune` just before it builds the model, measured on CPU at 1.04 GB with a
+# 20b-shaped slice and the real tokenizer (bench/bench_plan_memory.py); rounded up.
+RUNTIME = 1.1 * GB
 
 PROFILES = {
     # GB10: ~121 GB of the 128 GB LPDDR5x is usable by the GPU, shared with the CPU and the OS.
-    "spark": DeviceProfile("spark", 121 * GB, 121 * GB, True, 3 * GB, 2, True),
+    "spark": DeviceProfile("spark", 121 * GB, 121 * GB, True, 3 * GB, 2, True, RUNTIME),
     # DGX H100 / H200 nodes: 8 GPUs and 2 TB of host memory.
-    "h100": DeviceProfile("h100", 80 * GB, 2000 * GB, False, 3 * GB, 2, True),
-    "h200": DeviceProfile("h200", 141 * GB, 2000 * GB, False, 3 * GB, 2, True),
+    "h100": DeviceProfile("h100", 80 * GB, 2000 * GB, False, 3 * GB, 2, True, RUNTIME),
+    "h200": DeviceProfile("h200", 141 * GB, 2000 * GB, False, 3 * GB, 2, True, RUNTIME),
 }
 
 
 def cpu_profile() -> DeviceProfile:
     """This machine's memory as one unified pool; training runs in fp32 (see compat.cpu)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return DeviceProfile("cpu", total, total, True, 0.0, 4, False)
+    return DeviceProfile("cpu", total, total, True, 0.0, 4, False, RUNTIME)
 
 
 def resolve_profile(name: str) -> DeviceProfile:
@@ -94,7 +101,7 @@ def resolve_profile(name: str) -> DeviceProfile:
             return cpu_profile()
         total = torch.cuda.get_device_properties(0).total_memory
         host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return DeviceProfile(torch.cuda.get_device_name(0), total, host, False, 3 * GB, 2, True)
+        return DeviceProfile(torch.cuda.get_device_name(0), total, host, False, 3 * GB, 2, True, RUNTIME)
     raise PlanError(f"cluster.device={name!r} is unknown; use one of auto, cpu, {', '.join(PROFILES)}")
 
 
@@ -152,7 +159,6 @@ class Plan:
     seq_length: int = 2048
     base_weights: str = "model"  # model | fp8
     recompute: str = "none"  # none | full
-    load: str = "whole"  # whole | layerwise
     link_gbs: float | None = None  # the inter-node link's measured bus bandwidth, GB/s; None: nominal
 
     @property
@@ -184,12 +190,29 @@ class Estimate:
     lora: float
     activations: float
     reserve: float
+    runtime: (
+        float  # the process itself (`DeviceProfile.runtime_bytes`): in device_total on unified memory only
+    )
+    staging: float  # the largest tensor the restore reads at once, in the checkpoint's dtype
     host_load: float  # host memory of one node while the weights load
+    unified: bool = False
     rows: list[tuple[str, float, str]] = field(default_factory=list)
 
     @property
     def device_total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.lora + self.activations + self.reserve
+        """Bytes per device while training (on unified memory, the process's own memory included)."""
+        total = self.weights + self.gradients + self.optimizer + self.lora + self.activations + self.reserve
+        return total + (self.runtime if self.unified else 0)
+
+    @property
+    def loading(self) -> float:
+        """Bytes per device at the end of the restore: the weights in place, the last tensor staged beside them."""
+        return self.weights + self.reserve + self.staging + (self.runtime if self.unified else 0)
+
+    @property
+    def peak(self) -> float:
+        """The device's high-water mark: training or the restore's last moment, whichever is higher."""
+        return max(self.device_total, self.loading if self.unified else 0)
 
 
 def parameters_per_device(plan: Plan) -> dict[str, int]:
@@ -278,6 +301,16 @@ def activations(plan: Plan) -> float:
     return stage * in_flight + logits
 
 
+def largest_stored_tensor(shape: ModelShape) -> int:
+    """Elements of the largest tensor of an imported checkpoint: the restore reads one stored tensor at a time,
+    whole (torch.distributed.checkpoint, filesystem.py ``read_data``: ``torch.load`` of the item, then the rank's
+    slice copied into its parameter), so this is what it stages beside the weights, whatever the layout. The
+    import stores each expert apart, so the largest is the vocabulary's embedding or output layer.
+    """
+    s = shape
+    return max(s.vocab * s.hidden, s.hidden * (s.q + 2 * s.kv), 2 * s.inter * s.hidden)
+
+
 def estimate(plan: Plan) -> Estimate:
     """Per-device memory of a plan (see the module docstring for the sources of each term).
 
@@ -324,12 +357,10 @@ def estimate(plan: Plan) -> Estimate:
         lora_bytes = trainable * (a + 4 + opt_per_param / (plan.dp if shard else 1))
 
     act = activations(plan)
-    # Loading: a rank reads its shard of the checkpoint (in the checkpoint's dtype) into host memory before
-    # copying it into the parameters, the whole shard or one layer at a time.
-    shard_bytes = total * s.dtype_bytes
-    layer_bytes = (total - params["embeddings"]) / plan.layers_per_stage * s.dtype_bytes
-    staging = shard_bytes if plan.load == "whole" else max(layer_bytes, params["embeddings"] * s.dtype_bytes)
-    host_load = plan.devices_per_node * (staging + (weights if prof.unified else 0))
+    staging = largest_stored_tensor(s) * s.dtype_bytes
+    host_load = plan.devices_per_node * (
+        prof.runtime_bytes + staging + (weights + prof.reserve_bytes if prof.unified else 0)
+    )
 
     rows = [
         (
@@ -364,6 +395,8 @@ def estimate(plan: Plan) -> Estimate:
         ),
         ("reserve", prof.reserve_bytes, "CUDA context, NCCL, workspace (assumed)"),
     ]
+    if prof.unified:
+        rows.append(("process", prof.runtime_bytes, "Python, torch, NeMo, tokenizer, data (measured on CPU)"))
     return Estimate(
         params_per_device=total,
         trainable_per_device=trainable,
@@ -373,7 +406,10 @@ def estimate(plan: Plan) -> Estimate:
         lora=lora_bytes,
         activations=act,
         reserve=prof.reserve_bytes,
+        runtime=prof.runtime_bytes,
+        staging=staging,
         host_load=host_load,
+        unified=prof.unified,
         rows=rows,
     )
 
@@ -502,8 +538,8 @@ def problems(plan: Plan, est: Estimate | None = None) -> list[str]:
     host_cap = plan.profile.host_bytes_per_node
     if est.host_load > host_cap:
         out.append(
-            f"loading needs {est.host_load / GB:.1f} GB of host memory per node (plan.load={plan.load}); "
-            f"{plan.profile.name} has {host_cap / GB:.1f} GB"
+            f"loading needs {est.host_load / GB:.1f} GB of host memory per node (the weights restored one tensor "
+            f"at a time, {est.staging / GB:.1f} GB staged); {plan.profile.name} has {host_cap / GB:.1f} GB"
         )
     return out
 
@@ -520,8 +556,6 @@ def _moves(plan: Plan) -> list[tuple[str, dict]]:
     if plan.micro_batch > 1:
         mbs = plan.micro_batch // 2
         moves.append((f"data.micro_batch_size={mbs}", {"micro_batch": mbs}))
-    if plan.load != "layerwise":
-        moves.append(("plan.load=layerwise", {"load": "layerwise"}))
     if plan.peft == "none":
         moves.append(("peft=lora", {"peft": "lora"}))
     if plan.peft == "lora" and plan.base_weights != "fp8":
@@ -572,7 +606,6 @@ def plan_from_cfg(cfg: DictConfig) -> Plan:
         seq_length=d.seq_length,
         base_weights=cfg.precision.base_weights if "precision" in cfg else "model",
         recompute=settings.get("recompute", "none"),
-        load=settings.get("load", "whole"),
         link_gbs=settings.get("link_gbs"),
     )
 
@@ -712,8 +745,9 @@ def table(plan: Plan, est: Estimate) -> str:
     cap = plan.profile.device_bytes
     lines.append(f"  {'total':<14} {est.device_total / GB:>10.3f}  of {cap / GB:.1f} GB per device")
     lines.append(
-        f"  {'host, loading':<14} {est.host_load / GB:>10.3f}  per node, plan.load={plan.load}"
-        + (" (unified: includes the weights)" if plan.profile.unified else "")
+        f"  {'host, loading':<14} {est.host_load / GB:>10.3f}  per node: the restore stages one tensor at a time "
+        f"({est.staging / GB:.2f} GB)"
+        + (" beside the weights (unified)" if plan.profile.unified else "")
         + f"; {plan.profile.host_bytes_per_node / GB:.1f} GB available"
     )
     return "\n".join(lines)

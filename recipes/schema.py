@@ -118,7 +118,6 @@ class PrecisionConf:
 @dataclass
 class PlanConf:
     recompute: str = "none"  # none | full (store only each layer's input; recompute the rest in backward)
-    load: str = "whole"  # whole (a rank reads its whole shard first) | layerwise (one layer at a time)
     enforce: bool = True  # refuse an infeasible plan before launching
     # The inter-node link's bus bandwidth in GB/s as `python -m launch --preflight` measures it; the planner's
     # link-traffic table uses it (null: the Spark pair's nominal 200 Gb/s = 25 GB/s).

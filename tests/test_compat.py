@@ -185,3 +185,76 @@ def test_cpu_measures_supply_the_norm_and_clear_the_expert_bias_flag():
     expert.linear_fc2.bias.sequence_parallel = True  # as tensor_parallel/layers.py:1208 sets it
     cpu.clear_expert_bias_flag(expert)
     assert expert.linear_fc2.bias.sequence_parallel is False
+
+
+# ------------------------------------------------------------------------------------------ the restore's memory
+
+
+@pytest.fixture
+def one_process_group():
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    if created:
+        dist.destroy_process_group()
+
+
+def _swiglu_state(weight):
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+
+    return {
+        "fc1": apply_swiglu_sharded_factory(ShardedTensor.from_rank_offsets("fc1", weight, replica_id=0), ())
+    }
+
+
+def test_restore_merges_the_swiglu_halves_into_the_parameter_itself(tmp_path, one_process_group):
+    import torch
+    from megatron.core import dist_checkpointing
+
+    from compat import cpu, upstream
+
+    cpu.enable()  # megatron-core's writer synchronises CUDA
+    upstream.apply()
+    saved = torch.arange(24, dtype=torch.float32).reshape(6, 4)  # gate rows 0-2, up rows 3-5
+    dist_checkpointing.save(_swiglu_state(saved), str(tmp_path))
+    param = torch.full((6, 4), float("nan"))
+    loaded = dist_checkpointing.load(_swiglu_state(param), str(tmp_path))["fc1"]
+    assert torch.equal(loaded, saved) and torch.equal(param, saved)  # loaded in place, both halves in order
+    assert loaded.data_ptr() == param.data_ptr()  # upstream's merge (torch.cat) would return a copy
+    # Halves that do not lie one after the other in one storage are concatenated as upstream does.
+    w, v = torch.ones(3, 4), torch.zeros(3, 4)
+    assert upstream.halves_as_one([w, v]) is None
+    assert upstream.halves_as_one(list(torch.chunk(saved, 2))[::-1]) is None
+
+
+def test_weights_left_to_the_restore_are_nan_and_adapters_are_drawn_later():
+    import torch
+
+    from compat import cpu
+
+    class Model:
+        config = type("Config", (), {"perform_initialization": True})()
+        drawn_at_build = None
+
+        def configure_model(self):
+            if not hasattr(self, "module"):
+                self.drawn_at_build = self.config.perform_initialization
+                self.module = torch.nn.Linear(3, 2)
+
+        def parameters(self):
+            return self.module.parameters()
+
+    model = Model()
+    cpu.weights_left_to_the_restore(model)
+    model.configure_model()
+    assert model.drawn_at_build is False  # built undrawn
+    assert model.config.perform_initialization is True  # set back: adapters built later are drawn
+    assert all(torch.isnan(p).all() for p in model.parameters())  # a weight the restore missed shows
+    with torch.no_grad():
+        model.module.weight.fill_(1.0)  # "restored"
+    model.configure_model()  # NeMo calls it again: nothing is built or filled
+    assert torch.equal(model.module.weight, torch.ones(2, 3))

@@ -101,6 +101,7 @@ def activation_bytes(m: SimpleNamespace, tokens: int, a: int) -> int:
 
 
 SPARK_RESERVE = 3 * GB  # the spark profile's assumed CUDA context, NCCL buffers and workspace
+PROCESS = 1.1 * GB  # every profile's training process before its model (measured on CPU, rounded up)
 
 
 def tiny_plan(tmp_path, *overrides: str) -> Plan:
@@ -149,9 +150,13 @@ def test_tiny_lora_on_cpu_matches_hand_computed_bytes(tmp_path):
     # 12,156,928 for 2 layers; logits 1,024 tokens x 1,024 vocab x (4 + 4) = 8,388,608.
     assert est.activations == 12_156_928 + 8_388_608 == 20_545_536
     assert est.reserve == 0
-    assert est.device_total == 1_324_864 + 131_072 + 20_545_536 == 22_001_472
-    # Loading (unified memory): the fp32 shard staged (1,324,864) next to the weights already placed.
-    assert est.host_load == 2 * 1_324_864
+    # Unified memory (CPU): the process's own 1.1 GB is in the same pool.
+    assert est.device_total == 1_324_864 + 131_072 + 20_545_536 + PROCESS == 1_122_001_472
+    # The restore reads one stored tensor at a time: the largest is the embedding (or the output layer),
+    # 1,024 x 64 in fp32 = 262,144 B, staged beside the weights already placed and the process.
+    assert est.staging == 262_144
+    assert est.host_load == est.loading == 1_324_864 + 262_144 + PROCESS == 1_101_587_008
+    assert est.peak == est.device_total  # training, not loading, sets the peak here
 
 
 def test_tiny_full_sft_and_recompute_match_hand_computed_bytes(tmp_path):
@@ -159,7 +164,7 @@ def test_tiny_full_sft_and_recompute_match_hand_computed_bytes(tmp_path):
     assert est.trainable_per_device == 331_216
     assert est.gradients == 331_216 * 4 == 1_324_864
     assert est.optimizer == 331_216 * 8 == 2_649_728  # Adam m + v in fp32
-    assert est.device_total == 1_324_864 * 2 + 2_649_728 + 20_545_536 == 25_844_992
+    assert est.device_total == 1_324_864 * 2 + 2_649_728 + 20_545_536 + PROCESS == 1_125_844_992
     # Full recompute: each layer keeps its input (1,024 tokens x 64 x 4 B = 262,144), one layer is rebuilt.
     recomputed = estimate(tiny_plan(tmp_path, "peft=none", "plan.recompute=full"))
     assert recomputed.activations == 2 * 262_144 + 6_078_464 + 8_388_608 == 14_991_360
@@ -173,8 +178,10 @@ def test_expert_parallel_shards_only_the_experts(tmp_path):
 
 def test_nearest_feasible_plan_is_the_smallest_change(tmp_path):
     plan = tiny_plan(tmp_path, "peft=none")
-    # 25.84 MB needed; with 24 MB recompute alone (-5.55 MB) is enough and is the nearest change.
-    small = replace(plan, profile=replace(cpu_profile(), device_bytes=24e6, host_bytes_per_node=24e6))
+    # 25.84 MB needed (without the process); with 24 MB recompute alone (-5.55 MB) is enough and is the nearest
+    # change.
+    cramped = replace(cpu_profile(), device_bytes=24e6, host_bytes_per_node=24e6, runtime_bytes=0)
+    small = replace(plan, profile=cramped)
     (refused,) = problems(small)
     assert refused.startswith("training needs") and "cpu has 0.0 GB" in refused
     overrides, better = suggest(small)
@@ -191,7 +198,7 @@ def test_expert_parallel_that_does_not_divide_the_experts_is_refused(tmp_path):
 def test_120b_lora_on_two_sparks_needs_fp8_base_weights(real_models):
     base = ["experiment=spark_pair_120b_lora_fp8"]
     m = by_hand("gpt-oss-120b")
-    bf16 = plan_from_cfg(compose([*base, "precision=bf16", "plan.load=whole"]))
+    bf16 = plan_from_cfg(compose([*base, "precision=bf16"]))
     est = estimate(bf16)
     # EP=2: each node holds half of the 128 experts and all the rest: 59.5B parameters -> 119 GB in BF16
     # before anything else, of ~121 GB.
@@ -203,40 +210,45 @@ def test_120b_lora_on_two_sparks_needs_fp8_base_weights(real_models):
     lora = m.L * 16 * ((m.h + m.q + 2 * m.kv) + (m.q + m.h))
     lora_bytes = lora * (2 + 4 + 12 / 2)
     act = activation_bytes(m, tokens=1 * 2048, a=2)  # mbs 1 x seq 2048
-    needed = params * 2 + lora_bytes + act + SPARK_RESERVE  # 136.2 GB
+    needed = params * 2 + lora_bytes + act + SPARK_RESERVE + PROCESS  # 137.3 GB
     with pytest.raises(PlanError) as refused:
-        check(compose([*base, "precision=bf16", "plan.load=whole"]), out=sys.stderr)
+        check(compose([*base, "precision=bf16"]), out=sys.stderr)
     text = str(refused.value)
     assert f"training needs {needed / GB:.1f} GB per node (unified memory)" in text
     assert "spark has 121.0 GB" in text
-    assert "nearest feasible plan: plan.load=layerwise precision=fp8_base" in text
+    assert "nearest feasible plan: precision=fp8_base" in text
 
     fp8 = plan_from_cfg(compose(base))
-    assert (fp8.base_weights, fp8.ep, fp8.load) == ("fp8", 2, "layerwise")
+    assert (fp8.base_weights, fp8.ep) == ("fp8", 2)
     assert not problems(fp8)
     # The attention and expert matrices of 34 of the 36 layers in FP8, 1 B each (the first and last layer stay
-    # BF16): 55.0B; the other 4.4B parameters in BF16. Then the same LoRA, activations and reserve: 81.1 GB.
+    # BF16): 55.0B; the other 4.4B parameters in BF16. Then the same LoRA, activations, reserve and process:
+    # 82.2 GB.
     fp8_matrices = m.L * (m.attention + m.experts // 2) * (m.L - 2) / m.L
     weights = fp8_matrices * 1 + (params - fp8_matrices) * 2
     assert estimate(fp8).weights == pytest.approx(weights, rel=1e-12)
-    assert estimate(fp8).device_total == pytest.approx(weights + lora_bytes + act + SPARK_RESERVE, rel=1e-12)
+    total = weights + lora_bytes + act + SPARK_RESERVE + PROCESS
+    assert estimate(fp8).device_total == pytest.approx(total, rel=1e-12)
 
 
-def test_fp8_needs_a_layerwise_load_on_unified_memory(real_models):
+def test_the_restore_stages_one_stored_tensor_beside_the_weights(real_models):
     m = by_hand("gpt-oss-120b")
-    plan = plan_from_cfg(compose(["experiment=spark_pair_120b_lora_fp8", "plan.load=whole"]))
-    (message,) = problems(plan)
-    # Unified memory: the node's whole BF16 shard staged (2 B/param) beside the FP8 weights already placed.
+    est = estimate(plan_from_cfg(compose(["experiment=spark_pair_120b_lora_fp8"])))
+    # The largest tensor of the BF16 import is the embedding (or the output layer), V x h = 201,088 x 2,880:
+    # 1.158 GB read whole, then copied into the FP8 weights already placed (never a whole shard at once).
+    assert est.staging == m.V * m.h * 2 == 1_158_266_880
     params = per_device(m, ep=2)
     fp8_matrices = m.L * (m.attention + m.experts // 2) * (m.L - 2) / m.L
-    staged = params * 2 + fp8_matrices * 1 + (params - fp8_matrices) * 2  # 182.9 GB
-    assert message.startswith(f"loading needs {staged / GB:.1f} GB") and "plan.load=whole" in message
+    weights = fp8_matrices * 1 + (params - fp8_matrices) * 2
+    # One process per node: its weights, reserve and own memory, plus the staged tensor: 68.1 GB of 121.
+    assert est.host_load == pytest.approx(weights + SPARK_RESERVE + PROCESS + m.V * m.h * 2, rel=1e-12)
+    assert est.peak == est.device_total  # training (activations) sets the peak, not the restore
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_plans(preset, real_models, capsys):
     plan = check(compose([f"experiment={preset}"]))
-    assert estimate(plan).device_total < plan.profile.device_bytes
+    assert estimate(plan).peak < plan.profile.device_bytes
     assert "memory plan:" in capsys.readouterr().out
 
 
@@ -250,8 +262,11 @@ def test_full_sft_of_20b_with_ep2_on_the_pair_is_refused(real_models, capsys):
     params = per_device(m, ep=2)  # 11.36B, all trainable
     experts = m.L * (m.experts + m.expert_biases) // 2
     optimizer = (params - experts) * 12 / 2 + experts * 12 / 1  # 125.489 GB
-    # BF16 weights 2 B + fp32 gradients 4 B per parameter, the optimizer, activations, the reserve: 206.8 GB.
-    needed = params * (2 + 4) + optimizer + activation_bytes(m, tokens=1 * 2048, a=2) + SPARK_RESERVE
+    # BF16 weights 2 B + fp32 gradients 4 B per parameter, the optimizer, activations, the reserve and the
+    # process: 207.9 GB.
+    needed = (
+        params * (2 + 4) + optimizer + activation_bytes(m, tokens=1 * 2048, a=2) + SPARK_RESERVE + PROCESS
+    )
     assert f"training needs {needed / GB:.1f} GB per node (unified memory); spark has 121.0 GB" in text
     est = estimate(plan_from_cfg(compose(["experiment=spark_pair_20b_lora_experts_ep2", "peft=none"])))
     assert (est.optimizer, est.device_total) == (
