@@ -1,5 +1,6 @@
-"""A start-up guard: a run whose gradients megatron-core would combine across tensor-parallel ranks wrongly stops
-before its first step, naming the parameters and the setting that causes it (on every device).
+"""A start-up guard: a run whose gradients megatron-core would combine wrongly across ranks (tensor-parallel peers,
+or data-parallel peers holding different experts) stops before its first step, naming the parameters and the
+setting that causes it (on every device).
 
 With sequence parallelism each tensor-parallel (TP) rank runs the replicated modules (norms, router, biases) on
 its own slice of the sequence, so each holds part of their gradient. megatron-core sums those parts over the TP
@@ -9,7 +10,7 @@ to the i-th of the others (distributed/finalize_model_grads.py:310-379, megatron
 gradients are reduced by DDP instead, over the data-parallel group (``allreduce=True``) or the
 expert-data-parallel group (``allreduce=False``) (distributed/distributed_data_parallel.py:143, :313-322).
 
-Three ways this goes wrong, each checked here from what every rank actually holds once the model (and any
+Four ways this goes wrong, each checked here from what every rank actually holds once the model (and any
 adapter) is built:
 
 1. The ranks of a TP group sum DIFFERENT logical parameters: a flagged parameter of one rank meets another
@@ -28,6 +29,10 @@ adapter) is built:
    apart. This is TP > 1 with expert parallel 1 and expert tensor parallel 1: the experts are then not
    "expert-parallel" to megatron-core (``allreduce=True``), so DDP reduces them over the data-parallel group,
    which never holds a TP peer.
+4. DDP averages DIFFERENT logical parameters: it reduces each group's gradients as one flat buffer, position by
+   position, so every rank of that group must hold the same parameters in the same order. An expert parameter
+   without megatron-core's ``allreduce=False`` lands in the data-parallel buffer, whose ranks hold other
+   experts under expert parallelism: NeMo's adapters on the experts (`compat.upstream` marks them).
 
 Examples:
     python -c "from compat.grad_sync import logical_name as f; print(f('decoder.layers.0.mlp.experts.local_experts.1.linear_fc2.bias', 2, 2))"
@@ -50,6 +55,11 @@ FIX_FLAG = (
     "sequence_parallel flag (compat.cpu clears it on the local experts' linear_fc2.bias; is compat.cpu.enable() "
     "applied?)"
 )
+FIX_EXPERT_MARK = (
+    "every parameter of an expert, adapters included, must carry allreduce=False so that DDP reduces it over "
+    "the expert-data-parallel group (compat.upstream marks NeMo's expert adapters; is compat.upstream.apply() "
+    "applied?), or use parallel.expert_model_parallel_size=1"
+)
 FIX_LAYOUT = (
     "use expert parallel equal to tensor parallel (parallel.expert_model_parallel_size="
     "<parallel.tensor_model_parallel_size>), or parallel.tensor_model_parallel_size=1"
@@ -57,7 +67,7 @@ FIX_LAYOUT = (
 
 
 class GradientSyncError(RuntimeError):
-    """Gradients would be combined wrongly across tensor-parallel ranks; the message names them and the fix."""
+    """Gradients would be combined wrongly across ranks; the message names them and the fix."""
 
 
 def logical_name(name: str, ep_rank: int, local_experts: int) -> str:
@@ -155,6 +165,39 @@ def problems(reports: list[RankReport]) -> list[tuple[str, str]]:
                         )
                     )
     out += _unmet_tokens(reports, by_rank)
+    out += _different_parameters_averaged(reports)
+    return out
+
+
+def _different_parameters_averaged(reports: list[RankReport]) -> list[tuple[str, str]]:
+    """Rule 4: the ranks of each DDP group reduce the same parameters, in the same order (the first difference
+    of each pair of ranks is named)."""
+    by_group: dict[tuple[int, ...], dict[int, list[Entry]]] = {}
+    for report in reports:
+        for e in report.entries:
+            if len(e.ddp_group) > 1:
+                by_group.setdefault(e.ddp_group, {}).setdefault(report.rank, []).append(e)
+    out = []
+    for group, held in by_group.items():
+        first_rank, *others = sorted(held)
+        for rank in others:
+            a_list, b_list = held[first_rank], held[rank]
+            pairs = list(zip(a_list, b_list, strict=False))
+            diff = next(((a, b) for a, b in pairs if (a.key, a.shape) != (b.key, b.shape)), None)
+            if diff is not None:
+                a, b = diff
+                line = (
+                    f"DDP averages {a.key} (rank {first_rank}) with {b.key} (rank {rank}) over data-parallel "
+                    f"group {list(group)}: different parameters"
+                )
+            elif len(a_list) != len(b_list):
+                line = (
+                    f"ranks {first_rank} and {rank} of data-parallel group {list(group)} reduce {len(a_list)} "
+                    f"and {len(b_list)} gradients: they hold different parameters"
+                )
+            else:
+                continue
+            out.append((line, FIX_EXPERT_MARK))
     return out
 
 
@@ -227,14 +270,18 @@ def check(model, config) -> None:
     """Gather every rank's `report` and raise `GradientSyncError` on every rank if any rule is broken.
 
     Every rank sees the reports of all ranks and reaches the same verdict, so all stop together (a rank that
-    went on alone would wait for its peers in the first collective). Nothing to do without tensor parallelism.
+    went on alone would wait for its peers in the first collective). Nothing to do without tensor or expert
+    parallelism.
 
     Examples:
         python -m recipes.finetune parallel.tensor_model_parallel_size=2 ...   # runs it before the first step
     """
     import torch.distributed as dist
 
-    if not dist.is_initialized() or config.tensor_model_parallel_size < 2:
+    if (
+        not dist.is_initialized()
+        or max(config.tensor_model_parallel_size, config.expert_model_parallel_size) < 2
+    ):
         return
     mine = report(model, config)
     reports: list[RankReport | None] = [None] * dist.get_world_size()
@@ -248,7 +295,7 @@ def check(model, config) -> None:
             f"tensor parallel {config.tensor_model_parallel_size} x expert parallel "
             f"{config.expert_model_parallel_size} x expert tensor parallel "
             f"{config.expert_tensor_parallel_size} (sequence parallel {config.sequence_parallel}) would combine "
-            "gradients wrongly across tensor-parallel ranks; stopped before the first step:\n  - "
+            "gradients wrongly across ranks; stopped before the first step:\n  - "
             + "\n  - ".join(shown)
             + "\nFix: "
             + "; ".join(fixes)

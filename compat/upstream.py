@@ -28,12 +28,26 @@ those releases.
   weights: the restore's peak grew by 2.1 GB per 20b layer in fp32 (measured, bench/bench_plan_memory.py), half
   that in bf16 on a GPU (25 GB for all 24 layers of gpt-oss-20b). When the halves loaded are exactly the
   parameter's two halves, in place, the parameter itself is the merge.
+- LoRA on the experts trains wrongly with expert parallelism: NeMo's ``ParallelLinearAdapter`` on an expert
+  (nemo/collections/llm/peft/utils.py:263, ``is_expert``) leaves its parameters without megatron-core's
+  ``allreduce=False``, the mark of an expert parameter (transformer/moe/experts.py sets it on the experts'
+  own weights), so DDP reduces the adapters' gradients over the data-parallel group
+  (distributed/distributed_data_parallel.py:143) instead of the expert-data-parallel one. With EP 2 on two
+  ranks the adapter of expert 0 (rank 0) was averaged with that of expert 2 (rank 1): the loss left the
+  one-process curve at step 2 (0.033, 0.125 by step 6; tests/launch/test_data_expert_parallel.py). The adapters
+  of an expert get the mark. And every rank drew its local experts' adapters from the same seeded sequence, so
+  expert e and expert e + E/EP started identical, and the same run started from other adapters at another EP;
+  an expert's adapter (a local expert of its own, SequentialMLP) is now drawn from a generator keyed by the
+  seed and the expert's index in the whole model.
 
 Examples:
     python -c "import compat.upstream as u; u.apply()"
 """
 
 from __future__ import annotations
+
+import contextlib
+import re
 
 _APPLIED = False
 
@@ -48,6 +62,7 @@ def apply() -> None:
     _timers_logged_only_alone()
     _saved_batch_counted_on_resume()
     _swiglu_merged_in_place()
+    _expert_adapters_as_experts()
 
 
 def _full_epoch_length() -> None:
@@ -134,3 +149,74 @@ def halves_as_one(parts):
         end += part.numel() * part.element_size()
     shape = (sum(t.shape[0] for t in parts), *first.shape[1:])
     return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), shape)
+
+
+def _expert_adapters_as_experts() -> None:
+    import functools
+    import inspect
+
+    from nemo.collections.llm.peft.utils import ParallelLinearAdapter
+
+    init = ParallelLinearAdapter.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def adapter_init(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        if not bound.arguments["is_expert"]:
+            init(self, *args, **kwargs)
+            return
+        # Upstream's draw of an expert's adapter must not move the random sequences the other adapters are
+        # drawn from: a rank holds 1/EP of the experts, and the attention adapters after them would differ.
+        with _random_state_kept():
+            init(self, *args, **kwargs)
+        for param in self.parameters():
+            param.allreduce = False
+        redraw_by_expert(self, bound.arguments["column_init_method"], bound.arguments["row_init_method"])
+
+    ParallelLinearAdapter.__init__ = adapter_init
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    """torch's generators (CPU, and this CUDA device) and megatron-core's CUDA RNG tracker as they were."""
+    import torch
+    from megatron.core.tensor_parallel import random as mrandom
+
+    cuda = torch.cuda.is_available()
+    tracker = mrandom.get_cuda_rng_tracker() if cuda else None
+    states = tracker.get_states() if tracker is not None else None
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        yield
+    if tracker is not None:
+        tracker.set_states(states)
+
+
+_LOCAL_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+
+
+def redraw_by_expert(adapter, column_init_method: str, row_init_method: str) -> None:
+    """Draw an expert's adapter again from a generator keyed by the current seed and the expert's index in the
+    whole model, so that it does not depend on the expert-parallel layout. Only a local expert's own unsharded
+    adapter (SequentialMLP, expert tensor parallel 1); any other keeps upstream's draw."""
+    import zlib
+
+    import torch
+    from megatron.core import parallel_state as ps
+
+    found = _LOCAL_EXPERT.search(adapter.base_linear_name)
+    if found is None or ps.get_expert_tensor_parallel_world_size() > 1:
+        return
+    linears = (adapter.linear_in, adapter.linear_out)
+    local = adapter.config.num_moe_experts // ps.get_expert_model_parallel_world_size()
+    expert = ps.get_expert_model_parallel_rank() * local + int(found.group(1))
+    name = _LOCAL_EXPERT.sub(f".experts.expert{expert}.", adapter.base_linear_name)
+    seed = (torch.initial_seed() * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+    devices = [adapter.linear_in.weight.device] if adapter.linear_in.weight.is_cuda else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        for linear, method in zip(linears, (column_init_method, row_init_method), strict=True):
+            drawn = torch.empty(linear.weight.shape, dtype=torch.float32, device=linear.weight.device)
+            adapter._get_init_fn(method)(drawn)
+            linear.weight.copy_(drawn)

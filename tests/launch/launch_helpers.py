@@ -1,14 +1,17 @@
-"""Helpers of the launch tests: two simulated nodes started side by side on 127.0.0.1."""
+"""Helpers of the launch tests: a workflow started as a user starts it, its summary, and two simulated nodes
+started side by side on 127.0.0.1."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +33,30 @@ DIST_VARS = (
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the distributed variables, plus ``extra``."""
     return {**{k: v for k, v in os.environ.items() if k not in DIST_VARS}, **extra}
+
+
+def run_module(args: list[str], work: Path, nemorun_home: Path, timeout: float = 900) -> None:
+    """``python -m <args>`` in the repository, its outputs under ``work`` (GPT_OSS_WORK) and NeMo-Run's under
+    ``nemorun_home``; fails the test with the end of its output when it exits non-zero.
+
+    Examples:
+        run_module(["launch", "cluster.devices_per_node=2", "run_id=tp"], tmp_path / "work", tmp_path / "nr")
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=clean_env(GPT_OSS_WORK=str(work), NEMORUN_HOME=str(nemorun_home)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input="",  # NeMo-Run's LocalTunnel forwards stdin to the shell commands it runs
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+
+
+def read_summary(work: Path, run_name: str, run_id: str) -> dict:
+    """The summary.json a finetune run writes in ``<work>/runs/<run_name>/<run_id>``."""
+    return json.loads((work / "runs" / run_name / run_id / "summary.json").read_text())
 
 
 # What torch's TCPStore says when the rendezvous port was taken after `free_port` checked it.
@@ -66,10 +93,15 @@ def free_port() -> int:
 
 
 def run_two_nodes_on_a_free_port(
-    command: Callable[[int, int], list[str]], log_dir: Path, timeout: float, attempts: int = 3
+    command: Callable[[int, int], list[str]],
+    log_dir: Path,
+    timeout: float,
+    attempts: int = 3,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
-    """Start ``command(rank, port)`` for both ranks at once on a `free_port`; when the rendezvous finds it taken
-    (EADDRINUSE in a log), both nodes start again on another one, up to ``attempts`` times in all.
+    """Start ``command(rank, port)`` for both ranks at once on a `free_port`, with this process's environment
+    (`clean_env`) plus ``env``; when the rendezvous finds the port taken (EADDRINUSE in a log), both nodes start
+    again on another one, up to ``attempts`` times in all.
 
     Examples:
         run_two_nodes_on_a_free_port(lambda rank, port: [torchrun, f"--node_rank={rank}",
@@ -77,7 +109,9 @@ def run_two_nodes_on_a_free_port(
     """
     for attempt in range(1, attempts + 1):
         port = free_port()
-        codes, texts = _start_two_nodes(lambda rank, port=port: command(rank, port), log_dir, timeout)
+        codes, texts = _start_two_nodes(
+            lambda rank, port=port: command(rank, port), log_dir, timeout, env or {}
+        )
         if codes == [0, 0] or attempt == attempts or not any(ADDRESS_IN_USE.search(t) for t in texts):
             break
     assert codes == [0, 0], (
@@ -88,7 +122,7 @@ def run_two_nodes_on_a_free_port(
 
 
 def _start_two_nodes(
-    command: Callable[[int], list[str]], log_dir: Path, timeout: float
+    command: Callable[[int], list[str]], log_dir: Path, timeout: float, env: dict[str, str]
 ) -> tuple[list[int], list[str]]:
     """Both processes at once; their exit codes and logs (subprocess.TimeoutExpired once ``timeout`` is out)."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +134,8 @@ def _start_two_nodes(
                 subprocess.Popen(
                     command(rank),
                     cwd=REPO,
-                    env=clean_env(),
+                    env=clean_env(**env),
+                    stdin=subprocess.DEVNULL,  # NeMo-Run's LocalTunnel forwards stdin to its shell commands
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

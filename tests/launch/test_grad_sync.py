@@ -1,15 +1,17 @@
 """The start-up guard (`compat.grad_sync`): on reports written by hand, and on the real tiny gpt-oss built by two
-processes (gloo) in three layouts, one of them with the experts' bias flag planted back."""
+processes (gloo) in five layouts: three with tensor parallelism (one with the experts' bias flag planted back) and
+two with NeMo's LoRA adapters on the experts under expert parallelism (one with their expert mark removed)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 
-from compat.grad_sync import FIX_FLAG, FIX_LAYOUT, Entry, RankReport, logical_name, problems
+from compat.grad_sync import FIX_EXPERT_MARK, FIX_FLAG, FIX_LAYOUT, Entry, RankReport, logical_name, problems
 
 BIAS = "decoder.layers.0.mlp.experts.local_experts.{}.linear_fc2.bias"
 NORM = "decoder.layers.0.input_layernorm.weight"
@@ -72,25 +74,31 @@ def test_replicated_experts_that_never_see_a_peer_s_tokens_are_named():
 
 # ------------------------------------------------------------------------------ the real model, two processes
 
-LAYOUTS = {  # name: (TP, EP, plant the sequence_parallel flag back on every expert's linear_fc2.bias)
-    "tp2_ep2": (2, 2, False),
-    "tp2_ep2_planted": (2, 2, True),
-    "tp2_ep1": (2, 1, False),
+LAYOUTS = {  # name: (TP, EP, plant the sequence_parallel flag back on every expert's linear_fc2.bias, adapters)
+    "tp2_ep2": (2, 2, False, None),
+    "tp2_ep2_planted": (2, 2, True, None),
+    "tp2_ep1": (2, 1, False, None),
+    # NeMo's LoRA on the experts (DP 2 x EP 2): as compat.upstream marks the adapters, and with the mark removed.
+    "ep2_lora_experts": (1, 2, False, "marked"),
+    "ep2_lora_experts_unmarked": (1, 2, False, "unmarked"),
 }
 
 
 def _worker(rank: int, store: str, hf: str, out: str) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
+    from nemo.collections.llm import fn
     from nemo.collections.llm.gpt.model.gpt_oss import GPTOSSConfig
+    from nemo.collections.llm.peft.lora import LoRA
 
-    from compat import cpu, grad_sync
+    from compat import cpu, grad_sync, upstream
     from convert.gpt_oss import load_hf_config, nemo_config_kwargs
 
     cpu.enable()
+    upstream.apply()
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     results = {}
-    for name, (tp, ep, plant) in LAYOUTS.items():
+    for name, (tp, ep, plant, adapters) in LAYOUTS.items():
         ps.initialize_model_parallel(
             tensor_model_parallel_size=tp, expert_model_parallel_size=ep, expert_tensor_parallel_size=1
         )
@@ -99,9 +107,16 @@ def _worker(rank: int, store: str, hf: str, out: str) -> None:
             tensor_model_parallel_size=tp,
             expert_model_parallel_size=ep,
             expert_tensor_parallel_size=1,
-            sequence_parallel=True,
+            sequence_parallel=tp > 1,
         )
         model = config.configure_model(None)
+        if adapters:  # as NeMo's PEFT callback applies them (peft.py:99-105): base frozen, then each linear
+            model.requires_grad_(False)
+            fn.walk(model, LoRA(target_modules=["linear_fc1", "linear_fc2"], dim=4).transform)
+        if adapters == "unmarked":  # as NeMo builds them (nemo/collections/llm/peft/utils.py)
+            for param_name, param in model.named_parameters():
+                if ".adapter." in param_name:
+                    del param.allreduce
         if plant:  # what megatron-core's RowParallelLinear sets (tensor_parallel/layers.py:1208)
             for layer in model.decoder.layers:
                 for expert in layer.mlp.experts.local_experts:
@@ -152,3 +167,46 @@ def test_tp2_ep1_is_refused_with_the_layout_fix(verdicts):
     assert "tensor parallel 2 x expert parallel 1" in message and "the copies drift apart" in message
     assert "local_experts.<expert 0>.linear_fc1.weight (rank 0) never gets the gradient" in message
     assert message.endswith(f"Fix: {FIX_LAYOUT}.")
+
+
+@pytest.mark.slow
+def test_expert_adapters_marked_as_experts_pass(verdicts):
+    assert verdicts["ep2_lora_experts"] is None
+
+
+@pytest.mark.slow
+def test_expert_adapters_averaged_with_other_experts_are_refused(verdicts):
+    message = verdicts["ep2_lora_experts_unmarked"]
+    assert message.startswith("tensor parallel 1 x expert parallel 2 x expert tensor parallel 1")
+    # DDP's data-parallel buffer pairs rank 0's expert 0 adapter with rank 1's expert 2 adapter (its first
+    # difference is named).
+    assert re.search(
+        r"DDP averages \S*local_experts\.<expert [01]>\S*adapter\S* \(rank 0\) with "
+        r"\S*local_experts\.<expert [23]>\S*adapter\S* \(rank 1\) over data-parallel group \[0, 1\]: "
+        r"different parameters",
+        message,
+    ), message
+    assert message.endswith(f"Fix: {FIX_EXPERT_MARK}.")
+
+
+def test_ddp_averaging_the_adapters_of_different_experts_is_named():
+    # EP 2 x DP 2 on two ranks: without the mark each rank's local expert 0 adapter is in the data-parallel
+    # buffer (DDP over ranks 0 and 1), which averages expert 0 (rank 0) with expert 2 (rank 1).
+    name = "decoder.layers.0.mlp.experts.local_experts.0.linear_fc1.adapter.linear_in.weight"
+
+    def ranks(marked: bool) -> list[RankReport]:
+        return [
+            RankReport(
+                r, (r,), (0, 1), [Entry(logical_name(name, r, 2), (4, 64), None, (r,) if marked else (0, 1))]
+            )
+            for r in (0, 1)
+        ]
+
+    assert problems(ranks(marked=True)) == []
+    ((line, fix),) = problems(ranks(marked=False))
+    assert line == (
+        "DDP averages decoder.layers.0.mlp.experts.local_experts.<expert 0>.linear_fc1.adapter.linear_in.weight "
+        "(rank 0) with decoder.layers.0.mlp.experts.local_experts.<expert 2>.linear_fc1.adapter.linear_in.weight "
+        "(rank 1) over data-parallel group [0, 1]: different parameters"
+    )
+    assert fix == FIX_EXPERT_MARK

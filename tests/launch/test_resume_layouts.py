@@ -9,13 +9,10 @@ one global tensor per parameter, cut into the saving layout's shards, and read b
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from launch_helpers import REPO, clean_env
+from launch_helpers import read_summary, run_module
 
 STEPS, STOP = 8, 4
 COMMON = [
@@ -27,23 +24,11 @@ COMMON = [
 ]
 ONE = ["recipes.finetune"]
 TP2_EP2 = ["launch", "cluster.devices_per_node=2", "parallel=tp2_ep2"]
-
-
-def _run(command: list[str], overrides: list[str], work: Path, home: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", *command, *COMMON, *overrides],
-        cwd=REPO,
-        env=clean_env(GPT_OSS_WORK=str(work), NEMORUN_HOME=str(home)),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        input="",
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+RUN_NAME = "gpt_oss_tiny-lora"
 
 
 def _summary(work: Path, run_id: str) -> dict:
-    return json.loads((work / "runs" / "gpt_oss_tiny-lora" / run_id / "summary.json").read_text())
+    return read_summary(work, RUN_NAME, run_id)
 
 
 def _optimizer_shards(ckpt: Path) -> dict[str, tuple[tuple[int, ...], list[tuple[int, ...]]]]:
@@ -60,11 +45,11 @@ def _optimizer_shards(ckpt: Path) -> dict[str, tuple[tuple[int, ...], list[tuple
 
 def _stop_then_resume(first: list[str], second: list[str], run_id: str, work: Path, home: Path) -> dict:
     """Train until STOP with ``first``, then continue to STEPS with ``second`` in the same run folder."""
-    _run(first, [f"run_id={run_id}", f"trainer.stop_at_step={STOP}"], work, home)
+    run_module([*first, *COMMON, f"run_id={run_id}", f"trainer.stop_at_step={STOP}"], work, home)
     stopped = _summary(work, run_id)
     # Read now: the resumed run replaces this checkpoint by its own.
     shards = _optimizer_shards(Path(stopped["checkpoint"]))
-    _run(second, [f"run_id={run_id}"], work, home)
+    run_module([*second, *COMMON, f"run_id={run_id}"], work, home)
     return {"stopped": stopped, "shards": shards, "resumed": _summary(work, run_id)}
 
 
@@ -73,7 +58,7 @@ def runs(tmp_path_factory):
     """One uninterrupted process (prepares the tiny model and data), then both stop-and-resume pairs."""
     work = tmp_path_factory.mktemp("work")
     home = tmp_path_factory.mktemp("nemo_run")
-    _run(ONE, ["run_id=reference"], work, home)
+    run_module([*ONE, *COMMON, "run_id=reference"], work, home)
     return {
         "reference": _summary(work, "reference"),
         "tp_to_one": _stop_then_resume(TP2_EP2, ONE, "tp_to_one", work, home),
