@@ -34,7 +34,7 @@ import torch
 from nemo.collections.llm.gpt.model.gpt_oss import HFGPTOSSExporter
 from nemo.lightning import io, teardown
 
-from compat import cpu
+from compat import cpu, upstream
 from convert.gpt_oss import (
     ConversionError,
     McoreNames,
@@ -141,6 +141,7 @@ class GptOssHFExporter(HFGPTOSSExporter):
         from nemo.lightning import MegatronStrategy, Trainer, _strategy_lib
 
         cpu.enable()
+        upstream.apply()  # the restore merges each expert's fc1 halves in place (no second copy of them)
         model = io.load_context(str(self), subpath="model")
         model.config.fp8, model.config.fp8_param = None, False  # as nemo_load: FP8 training, BF16 export
         model.config.perform_initialization = False  # every weight comes from the checkpoint
@@ -204,6 +205,7 @@ def restore_lora(lora_ckpt: Path):
     from nemo.lightning.ckpt_utils import ckpt_to_context_subdir
 
     cpu.enable()
+    upstream.apply()  # as in `GptOssHFExporter.load`
     model = io.load_context(ckpt_to_context_subdir(lora_ckpt), "model")
     model.model_transform, model.__io__.model_transform = None, None
     model.config.perform_initialization = False
