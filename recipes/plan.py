@@ -206,7 +206,8 @@ class Estimate:
 
     @property
     def loading(self) -> float:
-        """Bytes per device at the end of the restore: the weights in place, the last tensor staged beside them."""
+        """Bytes at the end of the restore on unified memory: the weights in place, the last tensor staged beside
+        them (with a separate host the staging is host memory, counted in ``host_load`` instead)."""
         return self.weights + self.reserve + self.staging + (self.runtime if self.unified else 0)
 
     @property
