@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -339,13 +340,18 @@ class EndpointReplyError(Exception):
     """An endpoint reply without an answer (no choices); counted as a failed request."""
 
 
+class RequestsStopped(BaseException):
+    """Raised in a request's thread once `EndpointGenerator.stop` was called. A `BaseException`, like
+    `KeyboardInterrupt`: the ``openai`` client retries every `Exception`, and a stopped run must not retry."""
+
+
 class EndpointGenerator:
     """An OpenAI-compatible chat-completions endpoint (vLLM, NIM) through the ``openai`` client: the server
     renders harmony itself and returns the final channel as the message content.
 
     The client retries 408/409/429/5xx replies, timeouts and dropped connections ``max_retries`` times with
     exponential backoff (or the server's Retry-After); redirects are not followed, so the key goes to the
-    configured host only.
+    configured host only. `stop` ends every request: none is sent or retried after it.
 
     Args:
         base_url: The endpoint's base URL, e.g. ``http://127.0.0.1:8000/v1``; plain http only to localhost
@@ -376,14 +382,28 @@ class EndpointGenerator:
         import openai
 
         self.model, self.max_new_tokens, self.concurrency = model, max_new_tokens, concurrency
+        self._stopped = threading.Event()
+
+        def refuse_when_stopped(request) -> None:  # httpx runs it before each attempt, retries included
+            if self._stopped.is_set():
+                raise RequestsStopped(f"{request.method} {request.url.path}: the run was stopped")
+
         self._client = openai.OpenAI(
             base_url=base_url.rstrip("/"),
             # An empty key sends no Authorization header; never None, or the client reads OPENAI_API_KEY itself.
             api_key=os.environ.get(api_key_env, ""),
             timeout=timeout_s,
             max_retries=max_retries,
-            http_client=openai.DefaultHttpxClient(follow_redirects=False),
+            http_client=openai.DefaultHttpxClient(
+                follow_redirects=False, event_hooks={"request": [refuse_when_stopped]}
+            ),
         )
+
+    def stop(self) -> None:
+        """Ends every request: those in flight are cut (their connections closed), and no attempt or retry
+        is sent after this; their threads raise `RequestsStopped` within one backoff step. Final."""
+        self._stopped.set()
+        self._client.close()
 
     def complete(self, messages: list[dict]) -> str:
         """One conversation's answer, as harmony text (final channel); raises ``openai.APIError`` or
@@ -471,9 +491,12 @@ def predict_endpoint(
                     bar.update()
                 if stage == 1:
                     after_stage1(ex, raw)
+    except BaseException:
+        # An interrupt or a bug: queued requests are dropped, those in flight are cut and none is retried,
+        # so the threads end at once and nothing reaches the server after this (a rerun asks again).
+        gen.stop()
+        raise
     finally:
-        # On an interrupt or a bug, queued requests are dropped; those in flight finish in their threads
-        # and their answers are not written (a rerun asks for them again).
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
     return failures

@@ -236,18 +236,33 @@ def test_interrupted_run_resumes(setup, examples, tmp_path, monkeypatch, capfd, 
     want = expected_keys(examples)
     real_append = PredictionsAppender.append
     written = []
+    arrived_before_interrupt = []
 
     def append_then_interrupt(self, prediction):
         real_append(self, prediction)
         written.append(prediction)
         if len(written) == 5:
+            with server.lock:  # from now on every request fails: a request still alive would be retried
+                server.healthy_after = 0
+                arrived_before_interrupt.append(sum(server.attempts.values()))
             raise KeyboardInterrupt  # Ctrl-C in the main thread, right after the fifth answer was written
 
+    threads_before = set(threading.enumerate())
     with FlakyServer(examples) as server:
         monkeypatch.setattr(PredictionsAppender, "append", append_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             run(cfg(server.url))
         monkeypatch.setattr(PredictionsAppender, "append", real_append)
+        # The interrupted run's request threads end at once, and each request in flight at the interrupt
+        # reaches the server at most once more: nothing is retried or sent after a Ctrl-C.
+        for t in set(threading.enumerate()) - threads_before:
+            if not t.name.startswith("ThreadPoolExecutor"):
+                continue  # the server's own threads, tqdm's monitor
+            t.join(timeout=60)
+            assert not t.is_alive(), f"{t.name} still runs after the interrupt"
+        late = sum(server.attempts.values()) - arrived_before_interrupt[0]
+        assert late <= 4, f"{late} requests reached the server after the interrupt (4 were in flight at most)"
+        server.healthy_after = None
         first, _ = file_keys(out)
         assert first == {(p.id, p.stage) for p in written} and len(first) == 5
         with out.open("a", encoding="utf-8") as f:
@@ -291,7 +306,9 @@ def test_plain_http_to_remote_host_is_refused_before_any_request(setup, monkeypa
     assert SECRET not in str(err.value)
     with pytest.raises(PredictError, match="plain http to example.invalid"):
         EndpointGenerator(url, "tiny", api_key_env=KEY_ENV)
-    assert contacted == []
+    assert (
+        contacted == []
+    )  # nothing else in this process has a request alive (see test_interrupted_run_resumes)
     # allowed explicitly, over https, or to the local host
     validate(cfg(url, "endpoint_client.allow_insecure_http=true"))
     for ok in ("https://example.invalid/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1"):
