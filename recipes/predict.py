@@ -351,7 +351,7 @@ class EndpointGenerator:
 
     The client retries 408/409/429/5xx replies, timeouts and dropped connections ``max_retries`` times with
     exponential backoff (or the server's Retry-After); redirects are not followed, so the key goes to the
-    configured host only. `stop` ends every request: none is sent or retried after it.
+    configured host only. After `stop`, no request is sent or retried.
 
     Args:
         base_url: The endpoint's base URL, e.g. ``http://127.0.0.1:8000/v1``; plain http only to localhost
@@ -400,10 +400,10 @@ class EndpointGenerator:
         )
 
     def stop(self) -> None:
-        """Ends every request: those in flight are cut (their connections closed), and no attempt or retry
-        is sent after this; their threads raise `RequestsStopped` within one backoff step. Final."""
+        """No attempt or retry starts after this: a request in flight ends with its current attempt (the
+        server's reply, or ``timeout_s``), and one waiting to retry raises `RequestsStopped` when its backoff
+        step ends. Final."""
         self._stopped.set()
-        self._client.close()
 
     def complete(self, messages: list[dict]) -> str:
         """One conversation's answer, as harmony text (final channel); raises ``openai.APIError`` or
@@ -419,8 +419,15 @@ class EndpointGenerator:
         return FINAL_HEADER + (reply.choices[0].message.content or "") + "<|return|>"
 
     def __call__(self, conversations: list[list[dict]]) -> list[str]:
-        with ThreadPoolExecutor(max(1, min(self.concurrency, len(conversations)))) as pool:
+        """The answers in order; a failed request or an interrupt stops the rest (`stop`) and raises."""
+        pool = ThreadPoolExecutor(max(1, min(self.concurrency, len(conversations))))
+        try:
             return list(pool.map(self.complete, conversations))
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def predict_endpoint(
@@ -492,8 +499,8 @@ def predict_endpoint(
                 if stage == 1:
                     after_stage1(ex, raw)
     except BaseException:
-        # An interrupt or a bug: queued requests are dropped, those in flight are cut and none is retried,
-        # so the threads end at once and nothing reaches the server after this (a rerun asks again).
+        # An interrupt or a bug: queued requests are dropped and none in flight is retried, so each thread
+        # ends with its current attempt and its answer is not written (a rerun asks for it again).
         gen.stop()
         raise
     finally:

@@ -22,6 +22,7 @@ from data_prep.stage2 import is_stage2
 from recipes.predict import (
     EndpointGenerator,
     PredictError,
+    RequestsStopped,
     endpoint_problems,
     run,
     stage1_messages,
@@ -274,6 +275,22 @@ def test_interrupted_run_resumes(setup, examples, tmp_path, monkeypatch, capfd, 
     keys, _ = file_keys(out)
     assert keys == want
     assert_no_secret(tmp_path, capfd, caplog)
+
+
+def test_a_failed_batch_stops_the_generator_and_nothing_is_sent_after(examples, monkeypatch):
+    import openai
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FlakyServer(examples, fail_rate=0.0) as server:
+        gen = EndpointGenerator(server.url, "tiny", max_retries=2, api_key_env=KEY_ENV)
+        server.healthy_after = 0  # every request fails with 500
+        with pytest.raises(openai.InternalServerError):
+            gen([stage1_messages(examples[0])])
+        assert sum(server.attempts.values()) == 3  # the first attempt and its 2 retries
+        server.healthy_after = None
+        with pytest.raises(RequestsStopped):
+            gen([stage1_messages(examples[1])])
+        assert sum(server.attempts.values()) == 3  # stopped: refused before any request
 
 
 def test_resume_refuses_another_models_file_and_fresh_starts_over(setup, examples, tmp_path):
